@@ -1,0 +1,241 @@
+//! The sampling `GlobalAlloc` implementation.
+//!
+//! Each method is tiny and inline: charge the countdown, branch, forward. The
+//! branch taken about once per sample interval leads to a `#[cold]`,
+//! `#[inline(never)]` method that asks the sampler for a weight, captures the
+//! stack, interns it, and serves the block from the region with a live
+//! record. A `dealloc` or `realloc` tells sampled blocks by [`region::contains`].
+//!
+//! `realloc` semantics (kept unbiased):
+//! - a sampled block moves (or stays) with its record; bytes it grows by go
+//!   through the countdown and, if they cross it, add `n × mean` to the
+//!   record and to its stack's allocation totals; shrinking scales the
+//!   record's bytes by `new / old`;
+//! - an unsampled block that grows charges only the new bytes; if they cross
+//!   the countdown, the block moves into the region as a sample of the
+//!   `realloc` call's stack, weighing those bytes (and no new object).
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::Ordering;
+
+use crate::global::{tables, tables_or_create, COUNTERS};
+use crate::live::LiveRecord;
+use crate::sampler::{self, Weight};
+use crate::{region, unwind, SamplingAllocator, MAX_FRAMES_LIMIT};
+
+/// Frames between `unwind::capture` and the allocator's caller: capture
+/// itself, `record`, and the cold entry point (all `#[inline(never)]`).
+const SKIP: usize = 3;
+/// Header slot value before the live record exists.
+const NO_SLOT: u32 = u32::MAX;
+
+// SAFETY: every pointer returned comes either from `inner` (with the
+// caller's layout) or from the region (a block of at least `size` bytes,
+// aligned to `align`, owned by nobody else); `dealloc`/`realloc` route each
+// pointer back to where it came from by `region::contains`.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if sampler::charge(layout.size()) {
+            // SAFETY: the caller's guarantees on `layout` carry over.
+            return unsafe { self.alloc_slow(layout, false) };
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.alloc(layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if sampler::charge(layout.size()) {
+            // SAFETY: the caller's guarantees on `layout` carry over.
+            return unsafe { self.alloc_slow(layout, true) };
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if region::contains(ptr) {
+            dealloc_sampled(ptr);
+            return;
+        }
+        // SAFETY: not a region block, so it came from `inner` with `layout`.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if region::contains(ptr) {
+            // SAFETY: a live region block of `layout`, per the caller.
+            return unsafe { self.realloc_sampled(ptr, layout, new_size) };
+        }
+        if new_size > layout.size() && sampler::charge(new_size - layout.size()) {
+            // SAFETY: an `inner` block of `layout`, per the caller.
+            return unsafe { self.realloc_slow(ptr, layout, new_size) };
+        }
+        // SAFETY: not a region block, so it came from `inner` with `layout`.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+}
+
+impl<A: GlobalAlloc> SamplingAllocator<A> {
+    /// The countdown crossed during `alloc`/`alloc_zeroed`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        if let Some(weight) = sampler::decide(layout.size(), true) {
+            if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks) {
+                if zeroed {
+                    // SAFETY: the block has at least `layout.size()` bytes.
+                    unsafe { user.write_bytes(0, layout.size()) };
+                }
+                return user;
+            }
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
+    }
+
+    /// An unsampled block grew across the countdown.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_slow(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let grown = new_size - layout.size();
+        if let Some(weight) = sampler::decide(grown, false) {
+            // SAFETY: `realloc`'s caller guarantees `new_size` rounded to
+            // `layout.align()` does not overflow isize.
+            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+            if let Some(user) = record(new_layout, weight, self.capacities.live, self.capacities.stacks) {
+                // SAFETY: both blocks hold at least `layout.size()` bytes and
+                // are distinct; the old one came from `inner` with `layout`.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(ptr, user, layout.size());
+                    self.inner.dealloc(ptr, layout);
+                }
+                return user;
+            }
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+
+    /// `realloc` of a sampled block: move or resize it with its record.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_sampled(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let old = layout.size();
+        let extra = if new_size > old && sampler::charge(new_size - old) {
+            sampler::decide(new_size - old, false)
+        } else {
+            None
+        };
+        let header = region::header(ptr);
+        let t = tables().expect("a region block exists only once the tables do");
+        let mut rec = t.live.get(header.slot);
+        if new_size < old && old > 0 {
+            rec.weight_bytes = (rec.weight_bytes as u128 * new_size as u128 / old as u128) as u64;
+        }
+        if let Some(w) = extra {
+            rec.weight_bytes += w.bytes;
+            t.stacks.add(rec.stack, w.bytes, 0);
+            COUNTERS.samples.fetch_add(1, Ordering::Relaxed);
+        }
+        rec.size = new_size as u64;
+        let usable = header.usable();
+        if new_size <= usable && (usable <= 4096 || new_size >= usable / 4) {
+            t.live.update(header.slot, rec);
+            return ptr;
+        }
+        let moved = {
+            let _busy = sampler::enter();
+            region::alloc(new_size, layout.align(), header.slot)
+        };
+        let user = match moved {
+            Some(block) => {
+                rec.addr = block.user as u64;
+                t.live.update(header.slot, rec);
+                block.user
+            }
+            None => {
+                // The region is exhausted: hand the data to `inner` and give
+                // up the record (counted).
+                // SAFETY: as in `realloc_slow`.
+                let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+                // SAFETY: `new_layout` has a non-zero size (it is larger than
+                // a block's usable bytes).
+                let user = unsafe { self.inner.alloc(new_layout) };
+                if user.is_null() {
+                    t.live.update(header.slot, LiveRecord { size: old as u64, ..rec });
+                    return user;
+                }
+                t.live.remove(header.slot);
+                COUNTERS.dropped_region.fetch_add(1, Ordering::Relaxed);
+                user
+            }
+        };
+        // SAFETY: both blocks hold at least min(old, new) bytes and are distinct.
+        unsafe { core::ptr::copy_nonoverlapping(ptr, user, old.min(new_size)) };
+        region::free(ptr);
+        user
+    }
+}
+
+/// Frees a sampled block and its record.
+#[cold]
+#[inline(never)]
+fn dealloc_sampled(ptr: *mut u8) {
+    let header = region::header(ptr);
+    if let Some(t) = tables() {
+        if header.slot != NO_SLOT {
+            t.live.remove(header.slot);
+        }
+    }
+    region::free(ptr);
+}
+
+/// Takes a sample: captures and interns the stack, adds the weight to its
+/// totals, and serves the block from the region with a live record. `None`
+/// (and a counter) when the block must come from the inner allocator.
+#[inline(never)]
+fn record(layout: Layout, weight: Weight, live_cap: u32, stack_cap: u32) -> Option<*mut u8> {
+    let _busy = sampler::enter()?;
+    let Some(t) = tables_or_create(live_cap, stack_cap) else {
+        COUNTERS.dropped_not_ready.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let mut frames = [0u64; MAX_FRAMES_LIMIT];
+    let depth = unwind::max_frames();
+    let (n, truncated) = unwind::capture(&mut frames[..depth], SKIP);
+    let stack = t.stacks.intern(&frames[..n], truncated);
+    t.stacks.add(stack, weight.bytes, weight.objects);
+    COUNTERS.samples.fetch_add(1, Ordering::Relaxed);
+    let Some(block) = region::alloc(layout.size(), layout.align(), NO_SLOT) else {
+        COUNTERS.dropped_region.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let rec = LiveRecord {
+        addr: block.user as u64,
+        size: layout.size() as u64,
+        stack,
+        weight_bytes: weight.bytes,
+        weight_objects: weight.objects,
+    };
+    match t.live.insert(rec) {
+        Some(slot) => {
+            region::set_slot(block.user, slot);
+            Some(block.user)
+        }
+        None => {
+            region::free(block.user);
+            COUNTERS.dropped_table_full.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Poisson sampling of allocated bytes: the per-thread countdown.
+//!
+//! Every thread owns a countdown of bytes until its next sampling point. The
+//! points form a Poisson process over the bytes the thread allocates, with
+//! mean spacing `mean` (the sample interval): the gaps are drawn from an
+//! exponential distribution by a per-thread xorshift generator. An allocation
+//! of `s` bytes is sampled when it covers at least one point, and carries the
+//! number `n` of points it covers. Because the expected number of points in
+//! `s` bytes is `s / mean`, the weight `n × mean` bytes is an unbiased
+//! estimate of `s`, and `n × mean / s` objects an unbiased estimate of one
+//! object, per allocation and so for any sum of allocations (design.md,
+//! "Sampling, exactly"). No `exp()` correction is needed at export.
+//!
+//! The fast path (`charge`) is one thread-local subtract and one branch. The
+//! countdown is a `const`-initialised thread local without a destructor, so it
+//! is readable from the first allocation of the process, in thread-local
+//! destructors and after a thread's TLS has been torn down.
+//!
+//! Drawing `n`: after the first point, the number of further points in the
+//! remaining `r` bytes is Poisson(`r / mean`) and the gap from the end of the
+//! allocation to the next point is a fresh exponential, independent of it
+//! (the process is memoryless), so huge allocations cost O(1).
+//!
+//! `mean == 1` means "sample every allocation": the weight is then exactly the
+//! allocation's size and one object, with no randomness.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Default mean sampling interval: 512 KiB, like Go and TCMalloc.
+pub const DEFAULT_SAMPLE_INTERVAL: u64 = 512 * 1024;
+
+/// With sampling off, a thread looks at the interval again after this many
+/// bytes, so turning sampling on reaches every thread quickly.
+const RECHECK_BYTES: i64 = 256 * 1024;
+
+/// Fixed-point scale of object weights: 2^20 units per object.
+pub(crate) const OBJECT_SCALE: u64 = 1 << 20;
+
+/// The interval new countdowns are drawn with. Relaxed: it is a plain
+/// setting; a thread that sees an older value draws one more gap with it and
+/// weighs the sample with the value it drew with, which keeps it unbiased.
+static MEAN: AtomicU64 = AtomicU64::new(DEFAULT_SAMPLE_INTERVAL);
+
+/// What one sampled allocation stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Weight {
+    /// Estimated bytes: `n × mean`.
+    pub(crate) bytes: u64,
+    /// Estimated objects in units of 1 / [`OBJECT_SCALE`].
+    pub(crate) objects: u64,
+}
+
+impl Weight {
+    /// The weight of `n` points of spacing `mean` in an allocation of `size`
+    /// bytes. `object` is false for bytes added by growing a block in place,
+    /// which are not a new object.
+    pub(crate) fn new(n: u64, mean: u64, size: u64, object: bool) -> Weight {
+        let bytes = n.saturating_mul(mean);
+        let objects = if object && size > 0 {
+            ((bytes as u128 * OBJECT_SCALE as u128) / size as u128).min(u64::MAX as u128) as u64
+        } else {
+            0
+        };
+        Weight { bytes, objects }
+    }
+}
+
+struct ThreadState {
+    /// Bytes until the next point; `<= 0` after an allocation means it crossed.
+    countdown: Cell<i64>,
+    /// xorshift64* state; 0 until the thread's first slow path.
+    rng: Cell<u64>,
+    /// The mean the current countdown was drawn with (0: sampling was off).
+    mean: Cell<u64>,
+    /// Set while this thread is inside the sampler or taking a snapshot: any
+    /// allocation made then is served unsampled.
+    busy: Cell<bool>,
+    /// Stack bounds of this thread, for the unwinder (0, 0 until looked up).
+    pub(crate) stack_lo: Cell<usize>,
+    pub(crate) stack_hi: Cell<usize>,
+}
+
+thread_local! {
+    static STATE: ThreadState = const {
+        ThreadState {
+            countdown: Cell::new(0),
+            rng: Cell::new(0),
+            mean: Cell::new(0),
+            busy: Cell::new(false),
+            stack_lo: Cell::new(0),
+            stack_hi: Cell::new(0),
+        }
+    };
+}
+
+/// The fast path: charges `size` bytes to this thread's countdown and says
+/// whether the slow path must run.
+#[inline(always)]
+pub(crate) fn charge(size: usize) -> bool {
+    STATE.with(|s| {
+        let left = s.countdown.get().wrapping_sub(size as i64);
+        s.countdown.set(left);
+        left <= 0
+    })
+}
+
+/// The slow path after [`charge`] returned true for `size` bytes: decides
+/// whether this allocation is a sample, re-arms the countdown, and returns the
+/// sample's weight. `object` is false when the bytes grow an existing block.
+pub(crate) fn decide(size: usize, object: bool) -> Option<Weight> {
+    STATE.with(|s| {
+        let now = MEAN.load(Ordering::Relaxed);
+        if s.rng.get() == 0 {
+            // First slow path of this thread: seed, draw the first gap, and
+            // apply this allocation to it as the fast path would have.
+            s.rng.set(seed());
+            rearm(s, now);
+            let left = s.countdown.get() - size as i64;
+            s.countdown.set(left);
+            if left > 0 {
+                return None;
+            }
+        }
+        let overshoot = s.countdown.get().unsigned_abs();
+        let drawn_with = s.mean.get();
+        rearm(s, now);
+        if s.busy.get() || drawn_with == 0 {
+            // Our own allocation, or sampling was off: just re-armed.
+            return None;
+        }
+        let n = if drawn_with == 1 {
+            size as u64
+        } else {
+            1 + poisson(s, overshoot as f64 / drawn_with as f64)
+        };
+        Some(Weight::new(n, drawn_with, size as u64, object))
+    })
+}
+
+/// Draws this thread's next countdown with `mean`.
+fn rearm(s: &ThreadState, mean: u64) {
+    s.mean.set(mean);
+    let gap = match mean {
+        0 => RECHECK_BYTES,
+        1 => 1,
+        m => {
+            let g = -uniform(s).ln() * m as f64;
+            (g.ceil() as i64).clamp(1, i64::MAX / 4)
+        }
+    };
+    s.countdown.set(gap);
+}
+
+/// Uniform in (0, 1].
+fn uniform(s: &ThreadState) -> f64 {
+    // xorshift64* (Vigna); the state is never 0 once seeded.
+    let mut x = s.rng.get();
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    s.rng.set(x);
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    ((r >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Poisson(`lambda`): multiplication of uniforms (Knuth) for small means, the
+/// normal approximation, rounded, above 30 (where its bias is far below the
+/// sampling noise).
+fn poisson(s: &ThreadState, lambda: f64) -> u64 {
+    if lambda <= 0.0 {
+        return 0;
+    }
+    if lambda <= 30.0 {
+        let limit = (-lambda).exp();
+        let mut k = 0u64;
+        let mut p = uniform(s);
+        while p > limit {
+            k += 1;
+            p *= uniform(s);
+        }
+        k
+    } else {
+        let (u1, u2) = (uniform(s), uniform(s));
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * core::f64::consts::PI * u2).cos();
+        (lambda + lambda.sqrt() * z).round().max(0.0) as u64
+    }
+}
+
+/// A per-thread seed: a process-wide counter mixed with the clock and the
+/// address of this thread's state (no allocation, no lock).
+fn seed() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let count = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; the call cannot fail for this clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let here = STATE.with(|s| s as *const ThreadState as u64);
+    let mut z = count ^ (ts.tv_nsec as u64).rotate_left(32) ^ ts.tv_sec as u64 ^ here;
+    // splitmix64 finaliser.
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z.max(1)
+}
+
+/// Sets the mean interval; see [`crate::set_sample_interval`].
+pub(crate) fn set_mean(bytes: u64) {
+    MEAN.store(bytes, Ordering::Relaxed);
+    STATE.with(|s| {
+        if s.rng.get() != 0 {
+            rearm(s, bytes);
+        }
+    });
+}
+
+/// The current mean interval.
+pub(crate) fn mean() -> u64 {
+    MEAN.load(Ordering::Relaxed)
+}
+
+/// Proof that this thread is inside the sampler (or a snapshot): while it
+/// lives, every allocation of this thread is served unsampled. Dropping it
+/// leaves.
+pub(crate) struct Busy(());
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        STATE.with(|s| s.busy.set(false));
+    }
+}
+
+/// Enters the sampler; `None` if this thread is already inside it.
+#[inline(always)]
+pub(crate) fn enter() -> Option<Busy> {
+    STATE
+        .with(|s| !s.busy.replace(true))
+        .then_some(Busy(()))
+}
+
+/// This thread's cached stack bounds, looked up once.
+pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
+    STATE.with(|s| {
+        if s.stack_hi.get() == 0 {
+            let (lo, hi) = crate::unwind::thread_stack_bounds()?;
+            s.stack_lo.set(lo);
+            s.stack_hi.set(hi);
+        }
+        Some((s.stack_lo.get(), s.stack_hi.get()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_is_n_times_mean_and_objects_scale_with_size() {
+        let w = Weight::new(3, 1000, 1500, true);
+        assert_eq!(w.bytes, 3000);
+        assert_eq!(w.objects, 2 * OBJECT_SCALE);
+        assert_eq!(Weight::new(3, 1000, 1500, false).objects, 0);
+    }
+
+    #[test]
+    fn poisson_mean_matches_lambda() {
+        STATE.with(|s| {
+            s.rng.set(12345);
+            for lambda in [0.5, 5.0, 29.0, 100.0, 5000.0] {
+                let draws = 20_000;
+                let sum: u64 = (0..draws).map(|_| poisson(s, lambda)).sum();
+                let mean = sum as f64 / draws as f64;
+                // Standard error of the mean is sqrt(lambda / draws); allow 5 of them.
+                let bound = 5.0 * (lambda / draws as f64).sqrt();
+                assert!((mean - lambda).abs() < bound, "lambda {lambda}: mean {mean}");
+            }
+        });
+    }
+}

@@ -1,0 +1,403 @@
+//! Linux on x86_64 and aarch64: registers by inline assembly, modules from
+//! `dl_iterate_phdr`, frames by framehop or the frame-pointer chain.
+
+use core::ops::Deref;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::ffi::CStr;
+
+use framehop::{
+    CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind,
+    UnwindRegsNative, Unwinder, UnwinderNative,
+};
+
+use super::UnwindMode;
+
+/// Stack capture works here.
+pub(crate) const SUPPORTED: bool = true;
+
+/// Section bytes of a loaded module, used where they are mapped.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Mapped(&'static [u8]);
+
+impl Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0
+    }
+}
+
+type Native = UnwinderNative<Mapped, MustNotAllocateDuringUnwind>;
+type Cache = CacheNative<MustNotAllocateDuringUnwind>;
+
+struct Modules {
+    unwinder: Native,
+    /// `dlpi_adds` and `dlpi_subs` when the list was built.
+    generation: (u64, u64),
+}
+
+/// The current module list. Replaced whole when the loader's counters move;
+/// old lists are leaked because another thread may still be walking with
+/// one. Rebuilds are capped by `MAX_REBUILDS`, so this is bounded.
+static MODULES: AtomicPtr<Modules> = AtomicPtr::new(core::ptr::null_mut());
+static REBUILDING: AtomicBool = AtomicBool::new(false);
+static REBUILDS: AtomicUsize = AtomicUsize::new(0);
+const MAX_REBUILDS: usize = 256;
+
+const POOL: usize = 8;
+struct CacheSlot {
+    busy: AtomicBool,
+    cache: AtomicPtr<Cache>,
+}
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE_SLOT: CacheSlot = CacheSlot {
+    busy: AtomicBool::new(false),
+    cache: AtomicPtr::new(core::ptr::null_mut()),
+};
+static CACHES: [CacheSlot; POOL] = [FREE_SLOT; POOL];
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
+
+/// The registers of the caller of this function, at the call.
+#[inline(always)]
+fn registers() -> (u64, u64, u64, u64) {
+    let (pc, sp, fp, lr): (u64, u64, u64, u64);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads rip, rsp and rbp into registers; touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "lea {pc}, [rip]",
+            "mov {sp}, rsp",
+            "mov {fp}, rbp",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            options(nomem, nostack, preserves_flags)
+        );
+        lr = 0;
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads pc, sp, x29 and x30 into registers; touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "adr {pc}, .",
+            "mov {sp}, sp",
+            "mov {fp}, x29",
+            "mov {lr}, x30",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            lr = out(reg) lr,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    (pc, sp, fp, lr)
+}
+
+/// Fills `buf` with the current stack minus its `skip` innermost frames
+/// (frame 0 is this function). Returns the count and whether the stack was
+/// deeper than `buf`.
+#[inline(never)]
+pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
+    let (pc, sp, fp, lr) = registers();
+    let Some((_, hi)) = crate::sampler::stack_bounds() else {
+        return (0, false);
+    };
+    let lo = sp as usize;
+    let read = move |addr: u64| -> Result<u64, ()> {
+        let a = addr as usize;
+        if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a % 8 == 0 {
+            // SAFETY: `a` is 8-aligned and inside this thread's stack between
+            // the current stack pointer and its top, which is mapped and
+            // readable for as long as this function runs.
+            Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
+        } else {
+            Err(())
+        }
+    };
+    let mut out = Out { buf, skip, n: 0, truncated: false };
+    match super::mode() {
+        UnwindMode::FramePointers => walk_frame_pointers(pc, fp, lr, read, &mut out),
+        UnwindMode::Dwarf => walk_dwarf(pc, sp, fp, lr, read, &mut out),
+    }
+    (out.n, out.truncated)
+}
+
+struct Out<'a> {
+    buf: &'a mut [u64],
+    skip: usize,
+    n: usize,
+    truncated: bool,
+}
+
+impl Out<'_> {
+    /// Records one frame; false once the buffer is full.
+    fn push(&mut self, addr: u64) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return true;
+        }
+        if self.n == self.buf.len() {
+            self.truncated = true;
+            return false;
+        }
+        self.buf[self.n] = addr;
+        self.n += 1;
+        true
+    }
+}
+
+fn walk_frame_pointers(
+    pc: u64,
+    mut fp: u64,
+    _lr: u64,
+    read: impl Fn(u64) -> Result<u64, ()>,
+    out: &mut Out<'_>,
+) {
+    if !out.push(pc) {
+        return;
+    }
+    // Each frame record is [saved fp, return address] at fp (both arches).
+    let mut last = 0;
+    while fp > last {
+        let (Ok(next), Ok(ret)) = (read(fp), read(fp + 8)) else {
+            return;
+        };
+        if ret == 0 || !out.push(ret) {
+            return;
+        }
+        last = fp;
+        fp = next;
+    }
+}
+
+fn walk_dwarf(
+    pc: u64,
+    sp: u64,
+    fp: u64,
+    lr: u64,
+    read: impl Fn(u64) -> Result<u64, ()>,
+    out: &mut Out<'_>,
+) {
+    let modules = current_modules();
+    // SAFETY: module lists are leaked, never freed, once published.
+    let Some(modules) = (unsafe { modules.as_ref() }) else {
+        out.push(pc);
+        return;
+    };
+    #[cfg(target_arch = "x86_64")]
+    let regs = {
+        let _ = lr;
+        UnwindRegsNative::new(pc, sp, fp)
+    };
+    #[cfg(target_arch = "aarch64")]
+    let regs = UnwindRegsNative::new(lr, sp, fp);
+    with_cache(|cache| {
+        let mut read = |a| read(a);
+        let mut frames = modules.unwinder.iter_frames(pc, regs, cache, &mut read);
+        while let Ok(Some(frame)) = frames.next() {
+            let addr = match frame {
+                FrameAddress::InstructionPointer(a) => a,
+                FrameAddress::ReturnAddress(a) => a.get(),
+            };
+            if !out.push(addr) {
+                break;
+            }
+        }
+    });
+}
+
+/// Runs `f` with an unwinder cache from the pool, or a fresh one if every
+/// pooled cache is in use (never waits).
+fn with_cache(f: impl FnOnce(&mut Cache)) {
+    let start = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as usize;
+    for k in 0..POOL {
+        let slot = &CACHES[(start + k) % POOL];
+        // Acquire: pairs with the Release store of `busy = false` below, so
+        // the previous user's writes to the cache are visible.
+        if slot
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let mut cache = slot.cache.load(Ordering::Relaxed);
+        if cache.is_null() {
+            cache = Box::into_raw(Box::new(Cache::default()));
+            slot.cache.store(cache, Ordering::Relaxed);
+        }
+        // SAFETY: `busy` gives this thread exclusive use of the cache until
+        // it is cleared; the cache is never freed.
+        f(unsafe { &mut *cache });
+        // Release: see the Acquire above.
+        slot.busy.store(false, Ordering::Release);
+        return;
+    }
+    let mut cache = Box::new(Cache::default());
+    f(&mut cache);
+}
+
+/// The module list, rebuilt first if the loader's counters moved.
+fn current_modules() -> *const Modules {
+    // Acquire: pairs with the Release swap in `rebuild`.
+    let cur = MODULES.load(Ordering::Acquire);
+    let now = loader_generation();
+    // SAFETY: published lists are never freed.
+    let stale = unsafe { cur.as_ref() }.is_none_or(|m| m.generation != now);
+    if stale && REBUILDS.load(Ordering::Relaxed) < MAX_REBUILDS {
+        // Acquire: the rebuild flag is a try-lock; nobody waits on it.
+        if REBUILDING
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            REBUILDS.fetch_add(1, Ordering::Relaxed);
+            let fresh = Box::into_raw(Box::new(load_modules(now)));
+            // Release: the list's contents are visible to Acquire loaders.
+            MODULES.store(fresh, Ordering::Release);
+            REBUILDING.store(false, Ordering::Release);
+            return fresh;
+        }
+    }
+    cur
+}
+
+fn loader_generation() -> (u64, u64) {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid info of `size` bytes; the adds
+        // and subs fields exist when the size covers them (glibc >= 2.4).
+        unsafe {
+            let out = &mut *(data as *mut (u64, u64));
+            let need = core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8;
+            if size >= need {
+                *out = ((*info).dlpi_adds, (*info).dlpi_subs);
+            }
+        }
+        1
+    }
+    let mut generation = (0u64, 0u64);
+    // SAFETY: the callback only writes through `data`, which points to
+    // `generation` for the duration of the call.
+    unsafe { libc::dl_iterate_phdr(Some(first), &mut generation as *mut _ as *mut libc::c_void) };
+    generation
+}
+
+fn load_modules(generation: (u64, u64)) -> Modules {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid info whose program headers and
+        // mapped segments stay valid during the callback; `data` is the
+        // unwinder passed below.
+        unsafe {
+            let unwinder = &mut *(data as *mut Native);
+            if let Some(module) = module_of(&*info) {
+                unwinder.add_module(module);
+            }
+        }
+        0
+    }
+    let mut unwinder = Native::new();
+    // SAFETY: the callback writes only through `data`, our unwinder.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut unwinder as *mut _ as *mut libc::c_void) };
+    Modules { unwinder, generation }
+}
+
+/// framehop's view of one loaded object, or `None` without unwind tables.
+///
+/// # Safety
+///
+/// `info` must come from `dl_iterate_phdr`, inside its callback.
+unsafe fn module_of(info: &libc::dl_phdr_info) -> Option<Module<Mapped>> {
+    let base = info.dlpi_addr as usize;
+    // SAFETY: the loader guarantees `dlpi_phnum` headers at `dlpi_phdr`.
+    let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    let loads = || phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD);
+    let hdr = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME)?;
+    let hdr_svma = hdr.p_vaddr as usize..(hdr.p_vaddr + hdr.p_memsz) as usize;
+    let segment_end = |svma: usize| {
+        loads()
+            .find(|p| (p.p_vaddr as usize..(p.p_vaddr + p.p_memsz) as usize).contains(&svma))
+            .map(|p| (p.p_vaddr + p.p_memsz) as usize)
+    };
+    let mut text: Option<(usize, usize)> = None;
+    for p in loads().filter(|p| p.p_flags & libc::PF_X != 0) {
+        let (s, e) = (p.p_vaddr as usize, (p.p_vaddr + p.p_memsz) as usize);
+        text = Some(text.map_or((s, e), |(ts, te)| (ts.min(s), te.max(e))));
+    }
+    let (text_lo, text_hi) = text?;
+    // SAFETY: the header segment is mapped for the module's lifetime.
+    let hdr_bytes: &'static [u8] =
+        unsafe { core::slice::from_raw_parts((base + hdr_svma.start) as *const u8, hdr_svma.len()) };
+    let eh_frame = eh_frame_address(hdr_bytes, base + hdr_svma.start)? - base;
+    let eh_end = segment_end(eh_frame)?;
+    // SAFETY: `.eh_frame` lies in a loaded segment that ends at `eh_end`.
+    let eh_bytes: &'static [u8] =
+        unsafe { core::slice::from_raw_parts((base + eh_frame) as *const u8, eh_end - eh_frame) };
+    let text_readable = loads().any(|p| p.p_flags & libc::PF_X != 0 && p.p_flags & libc::PF_R != 0);
+    let info_sections = ExplicitModuleSectionInfo {
+        base_svma: 0,
+        text_svma: Some(text_lo as u64..text_hi as u64),
+        // SAFETY: the executable segment is mapped readable (checked above).
+        text: text_readable.then(|| {
+            Mapped(unsafe { core::slice::from_raw_parts((base + text_lo) as *const u8, text_hi - text_lo) })
+        }),
+        eh_frame_svma: Some(eh_frame as u64..eh_end as u64),
+        eh_frame: Some(Mapped(eh_bytes)),
+        eh_frame_hdr_svma: Some(hdr_svma.start as u64..hdr_svma.end as u64),
+        eh_frame_hdr: Some(Mapped(hdr_bytes)),
+        ..Default::default()
+    };
+    // SAFETY: `dlpi_name` is a NUL-terminated string or null.
+    let name = unsafe { info.dlpi_name.as_ref() }
+        .map(|p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Some(Module::new(
+        name,
+        (base + text_lo) as u64..(base + text_hi) as u64,
+        base as u64,
+        info_sections,
+    ))
+}
+
+/// Decodes `eh_frame_ptr` from an `.eh_frame_hdr` mapped at `at`.
+fn eh_frame_address(hdr: &[u8], at: usize) -> Option<usize> {
+    if hdr.len() < 8 || hdr[0] != 1 {
+        return None;
+    }
+    let enc = hdr[1];
+    let field = at + 4;
+    let value: i64 = match enc & 0x0F {
+        0x03 => u32::from_ne_bytes(hdr[4..8].try_into().ok()?) as i64,
+        0x0B => i32::from_ne_bytes(hdr[4..8].try_into().ok()?) as i64,
+        0x00 | 0x04 | 0x0C => i64::from_ne_bytes(hdr.get(4..12)?.try_into().ok()?),
+        _ => return None,
+    };
+    match enc & 0x70 {
+        0x00 => Some(value as usize),
+        0x10 => Some((field as i64).wrapping_add(value) as usize),
+        0x30 => Some((at as i64).wrapping_add(value) as usize),
+        _ => None,
+    }
+}
+
+/// This thread's stack as `(lowest, highest)` address.
+pub(crate) fn thread_stack_bounds() -> Option<(usize, usize)> {
+    // SAFETY: `attr` is initialised by pthread_getattr_np before use and
+    // destroyed after; the out-pointers are valid.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut libc::c_void = core::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (rc == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+    }
+}
