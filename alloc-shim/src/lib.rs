@@ -178,6 +178,14 @@ pub fn set_sample_interval(bytes: u64) {
     sampler::set_mean(bytes);
 }
 
+/// Restarts the calling thread's sampling generator from `seed` (any value;
+/// 0 is mapped to 1) and draws its next sampling point, so that a test can
+/// replay exactly the same samples. Other threads are not affected.
+#[cfg(not(loom))]
+pub fn reseed_this_thread(seed: u64) {
+    sampler::reseed(seed);
+}
+
 /// The mean number of bytes between samples (0: off).
 #[cfg(not(loom))]
 pub fn sample_interval() -> u64 {

@@ -214,6 +214,14 @@ pub(crate) fn set_mean(bytes: u64) {
     });
 }
 
+/// Restarts this thread's generator from `seed` and draws a new countdown.
+pub(crate) fn reseed(seed: u64) {
+    STATE.with(|s| {
+        s.rng.set(seed.max(1));
+        rearm(s, MEAN.load(Ordering::Relaxed));
+    });
+}
+
 /// The current mean interval.
 pub(crate) fn mean() -> u64 {
     MEAN.load(Ordering::Relaxed)
