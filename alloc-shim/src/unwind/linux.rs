@@ -33,6 +33,16 @@ struct Modules {
     unwinder: Native,
     /// `dlpi_adds` and `dlpi_subs` when the list was built.
     generation: (u64, u64),
+    /// Code ranges of the modules, sorted by start.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Modules {
+    /// Whether `addr` lies in a known module's code.
+    fn covers(&self, addr: u64) -> bool {
+        let i = self.ranges.partition_point(|&(start, _)| start <= addr);
+        i > 0 && addr < self.ranges[i - 1].1
+    }
 }
 
 /// The current module list. Replaced whole when the loader's counters move;
@@ -193,13 +203,25 @@ fn walk_dwarf(
     with_cache(|cache| {
         let mut read = |a| read(a);
         let mut frames = modules.unwinder.iter_frames(pc, regs, cache, &mut read);
-        while let Ok(Some(frame)) = frames.next() {
-            let addr = match frame {
-                FrameAddress::InstructionPointer(a) => a,
-                FrameAddress::ReturnAddress(a) => a.get(),
-            };
-            if !out.push(addr) {
-                break;
+        let mut last = pc;
+        loop {
+            match frames.next() {
+                Ok(Some(frame)) => {
+                    last = match frame {
+                        FrameAddress::InstructionPointer(a) => a,
+                        FrameAddress::ReturnAddress(a) => a.get(),
+                    };
+                    if !out.push(last) {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    if !modules.covers(last) {
+                        SUSPECT_STALE.store(true, Ordering::Relaxed);
+                    }
+                    break;
+                }
             }
         }
     });
@@ -236,28 +258,99 @@ fn with_cache(f: impl FnOnce(&mut Cache)) {
     f(&mut cache);
 }
 
-/// The module list, rebuilt first if the loader's counters moved.
+/// The module list; rebuilt first when there is none yet, or when the last
+/// walk stopped at an address outside every known module and the loader's
+/// counters say modules changed. Not checked on every sample: asking the
+/// loader takes its lock, which every sampling thread would contend for.
 fn current_modules() -> *const Modules {
-    // Acquire: pairs with the Release swap in `rebuild`.
+    // Acquire: pairs with the Release store in `rebuild`.
     let cur = MODULES.load(Ordering::Acquire);
-    let now = loader_generation();
     // SAFETY: published lists are never freed.
-    let stale = unsafe { cur.as_ref() }.is_none_or(|m| m.generation != now);
-    if stale && REBUILDS.load(Ordering::Relaxed) < MAX_REBUILDS {
-        // Acquire: the rebuild flag is a try-lock; nobody waits on it.
-        if REBUILDING
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            REBUILDS.fetch_add(1, Ordering::Relaxed);
-            let fresh = Box::into_raw(Box::new(load_modules(now)));
-            // Release: the list's contents are visible to Acquire loaders.
-            MODULES.store(fresh, Ordering::Release);
-            REBUILDING.store(false, Ordering::Release);
-            return fresh;
-        }
+    let suspect = match unsafe { cur.as_ref() } {
+        None => true,
+        Some(_) => SUSPECT_STALE.swap(false, Ordering::Relaxed),
+    };
+    if !suspect || REBUILDS.load(Ordering::Relaxed) >= MAX_REBUILDS {
+        return cur;
     }
-    cur
+    // Acquire: the rebuild flag is a try-lock; nobody waits on it.
+    if REBUILDING
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return cur;
+    }
+    let fresh = with_loader(|| {
+        let now = loader_generation();
+        // SAFETY: as above.
+        if unsafe { cur.as_ref() }.is_some_and(|m| m.generation == now) {
+            return None;
+        }
+        REBUILDS.fetch_add(1, Ordering::Relaxed);
+        Some(load_modules(now))
+    })
+    .flatten();
+    let result = match fresh {
+        Some(modules) => {
+            let ptr = Box::into_raw(Box::new(modules));
+            // Release: the list's contents are visible to Acquire loaders.
+            MODULES.store(ptr, Ordering::Release);
+            ptr as *const Modules
+        }
+        None => cur,
+    };
+    // Release: pairs with the Acquire CAS above.
+    REBUILDING.store(false, Ordering::Release);
+    result
+}
+
+/// Set when a walk ended at an address no known module covers.
+static SUSPECT_STALE: AtomicBool = AtomicBool::new(false);
+
+/// Threads currently inside `dl_iterate_phdr` on our behalf.
+static IN_LOADER: AtomicUsize = AtomicUsize::new(0);
+/// Set by the `fork` prepare handler while a fork is under way.
+static FORKING: AtomicBool = AtomicBool::new(false);
+static ATFORK: std::sync::Once = std::sync::Once::new();
+
+/// Runs `f`, which calls into the loader, unless a `fork` is under way.
+///
+/// `dl_iterate_phdr` takes the loader's lock; a thread of the parent holding
+/// it at the instant of `fork` would leave it locked forever in the child,
+/// whose next sample would deadlock. The `fork` prepare handler therefore
+/// raises `FORKING` and waits until no thread is inside; threads arriving
+/// later back off. SeqCst on both sides (a Dekker handshake): either the
+/// handler sees our increment, or we see its flag.
+fn with_loader<R>(f: impl FnOnce() -> R) -> Option<R> {
+    ATFORK.call_once(|| {
+        // SAFETY: registering plain `extern "C"` handlers that only touch atomics.
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_done), Some(fork_child)) };
+    });
+    IN_LOADER.fetch_add(1, Ordering::SeqCst);
+    if FORKING.load(Ordering::SeqCst) {
+        IN_LOADER.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    let r = f();
+    IN_LOADER.fetch_sub(1, Ordering::SeqCst);
+    Some(r)
+}
+
+extern "C" fn fork_prepare() {
+    FORKING.store(true, Ordering::SeqCst);
+    while IN_LOADER.load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+}
+
+extern "C" fn fork_done() {
+    FORKING.store(false, Ordering::SeqCst);
+}
+
+extern "C" fn fork_child() {
+    // The child has one thread, and it is not inside the loader.
+    IN_LOADER.store(0, Ordering::SeqCst);
+    FORKING.store(false, Ordering::SeqCst);
 }
 
 fn loader_generation() -> (u64, u64) {
@@ -294,17 +387,25 @@ fn load_modules(generation: (u64, u64)) -> Modules {
         // mapped segments stay valid during the callback; `data` is the
         // unwinder passed below.
         unsafe {
-            let unwinder = &mut *(data as *mut Native);
+            let (unwinder, ranges) = &mut *(data as *mut (Native, Vec<(u64, u64)>));
             if let Some(module) = module_of(&*info) {
+                let r = module.avma_range();
+                ranges.push((r.start, r.end));
                 unwinder.add_module(module);
             }
         }
         0
     }
-    let mut unwinder = Native::new();
-    // SAFETY: the callback writes only through `data`, our unwinder.
-    unsafe { libc::dl_iterate_phdr(Some(each), &mut unwinder as *mut _ as *mut libc::c_void) };
-    Modules { unwinder, generation }
+    let mut acc = (Native::new(), Vec::new());
+    // SAFETY: the callback writes only through `data`, our accumulator.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut acc as *mut _ as *mut libc::c_void) };
+    let (unwinder, mut ranges) = acc;
+    ranges.sort_unstable();
+    Modules {
+        unwinder,
+        generation,
+        ranges,
+    }
 }
 
 /// framehop's view of one loaded object, or `None` without unwind tables.
