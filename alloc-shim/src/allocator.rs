@@ -85,7 +85,8 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         if let Some(weight) = sampler::decide(layout.size(), true) {
-            if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks) {
+            if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks)
+            {
                 if zeroed {
                     // SAFETY: the block has at least `layout.size()` bytes.
                     unsafe { user.write_bytes(0, layout.size()) };
@@ -112,7 +113,12 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             // SAFETY: `realloc`'s caller guarantees `new_size` rounded to
             // `layout.align()` does not overflow isize.
             let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-            if let Some(user) = record(new_layout, weight, self.capacities.live, self.capacities.stacks) {
+            if let Some(user) = record(
+                new_layout,
+                weight,
+                self.capacities.live,
+                self.capacities.stacks,
+            ) {
                 // SAFETY: both blocks hold at least `layout.size()` bytes and
                 // are distinct; the old one came from `inner` with `layout`.
                 unsafe {
@@ -167,12 +173,19 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 // The region is exhausted: hand the data to `inner` and give
                 // up the record (counted).
                 // SAFETY: as in `realloc_slow`.
-                let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+                let new_layout =
+                    unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
                 // SAFETY: `new_layout` has a non-zero size (it is larger than
                 // a block's usable bytes).
                 let user = unsafe { self.inner.alloc(new_layout) };
                 if user.is_null() {
-                    t.live.update(header.slot, LiveRecord { size: old as u64, ..rec });
+                    t.live.update(
+                        header.slot,
+                        LiveRecord {
+                            size: old as u64,
+                            ..rec
+                        },
+                    );
                     return user;
                 }
                 t.live.remove(header.slot);

@@ -199,7 +199,11 @@ pub fn snapshot() -> HeapSnapshot {
     let cap = t.stacks.capacity() as usize;
     let mut inuse = vec![(0u64, 0u64); cap + 1];
     t.live.for_each(|rec| {
-        let i = if rec.stack == OVERFLOW { cap } else { (rec.stack as usize).min(cap) };
+        let i = if rec.stack == OVERFLOW {
+            cap
+        } else {
+            (rec.stack as usize).min(cap)
+        };
         inuse[i].0 += rec.weight_bytes;
         inuse[i].1 += rec.weight_objects;
     });

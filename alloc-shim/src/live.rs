@@ -186,10 +186,12 @@ impl LiveTable {
             }
             let next = self.slots[(top - 1) as usize].next.load(Ordering::Relaxed);
             let tagged = ((head >> 32).wrapping_add(1) << 32) | next as u64;
-            match self
-                .free
-                .compare_exchange_weak(head, tagged, Ordering::Acquire, Ordering::Acquire)
-            {
+            match self.free.compare_exchange_weak(
+                head,
+                tagged,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Some(top - 1),
                 Err(seen) => head = seen,
             }
@@ -202,10 +204,12 @@ impl LiveTable {
             // Release: `for_each` Acquire-loads `high` and then reads slots
             // below it; their zeroed state is trivially visible, and this
             // keeps the count monotonic.
-            match self
-                .high
-                .compare_exchange_weak(high, high + 1, Ordering::Release, Ordering::Relaxed)
-            {
+            match self.high.compare_exchange_weak(
+                high,
+                high + 1,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(high),
                 Err(seen) => high = seen,
             }
@@ -221,10 +225,12 @@ impl LiveTable {
             let tagged = ((head >> 32).wrapping_add(1) << 32) | (index + 1) as u64;
             // Release: the `next` link and the even generation stored by
             // `remove` are visible to whoever pops this slot.
-            match self
-                .free
-                .compare_exchange_weak(head, tagged, Ordering::Release, Ordering::Relaxed)
-            {
+            match self.free.compare_exchange_weak(
+                head,
+                tagged,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return,
                 Err(seen) => head = seen,
             }
@@ -237,7 +243,8 @@ fn write_fields(slot: &Slot, rec: &LiveRecord) {
     slot.size.store(rec.size, Ordering::Relaxed);
     slot.stack.store(rec.stack, Ordering::Relaxed);
     slot.weight_bytes.store(rec.weight_bytes, Ordering::Relaxed);
-    slot.weight_objects.store(rec.weight_objects, Ordering::Relaxed);
+    slot.weight_objects
+        .store(rec.weight_objects, Ordering::Relaxed);
 }
 
 fn read_fields(slot: &Slot) -> LiveRecord {

@@ -357,7 +357,12 @@ fn bump(size: usize, align: usize) -> Option<usize> {
         if end > base + len {
             return None;
         }
-        match STATE.bump.compare_exchange_weak(cur, end - base, Ordering::Relaxed, Ordering::Relaxed) {
+        match STATE.bump.compare_exchange_weak(
+            cur,
+            end - base,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => break (start, end - base),
             Err(seen) => cur = seen,
         }
@@ -376,9 +381,10 @@ fn bump(size: usize, align: usize) -> Option<usize> {
         }
         // Release: see the Acquire above. Losing the race is fine: whoever
         // won committed at least up to its own target, and we loop.
-        let _ = STATE
-            .committed
-            .compare_exchange(done, target, Ordering::Release, Ordering::Relaxed);
+        let _ =
+            STATE
+                .committed
+                .compare_exchange(done, target, Ordering::Release, Ordering::Relaxed);
     }
 }
 

@@ -192,7 +192,10 @@ fn poisson(s: &ThreadState, lambda: f64) -> u64 {
 fn seed() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     let count = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer; the call cannot fail for this clock.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let here = STATE.with(|s| s as *const ThreadState as u64);
@@ -241,9 +244,7 @@ impl Drop for Busy {
 /// Enters the sampler; `None` if this thread is already inside it.
 #[inline(always)]
 pub(crate) fn enter() -> Option<Busy> {
-    STATE
-        .with(|s| !s.busy.replace(true))
-        .then_some(Busy(()))
+    STATE.with(|s| !s.busy.replace(true)).then_some(Busy(()))
 }
 
 /// This thread's cached stack bounds, looked up once.
@@ -280,7 +281,10 @@ mod tests {
                 let mean = sum as f64 / draws as f64;
                 // Standard error of the mean is sqrt(lambda / draws); allow 5 of them.
                 let bound = 5.0 * (lambda / draws as f64).sqrt();
-                assert!((mean - lambda).abs() < bound, "lambda {lambda}: mean {mean}");
+                assert!(
+                    (mean - lambda).abs() < bound,
+                    "lambda {lambda}: mean {mean}"
+                );
             }
         });
     }

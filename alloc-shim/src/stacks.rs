@@ -167,11 +167,15 @@ impl StackTable {
             return OVERFLOW;
         }
         for (k, &f) in frames.iter().enumerate() {
-            self.arena[offset as usize + k].0.store(f, Ordering::Relaxed);
+            self.arena[offset as usize + k]
+                .0
+                .store(f, Ordering::Relaxed);
         }
         e.offset.store(offset, Ordering::Relaxed);
-        e.len
-            .store(n as u32 | if truncated { TRUNCATED } else { 0 }, Ordering::Relaxed);
+        e.len.store(
+            n as u32 | if truncated { TRUNCATED } else { 0 },
+            Ordering::Relaxed,
+        );
         self.count.fetch_add(1, Ordering::Relaxed);
         // Release: whoever Acquire-loads READY sees frames, offset and length.
         e.ready.store(READY, Ordering::Release);

@@ -54,7 +54,13 @@ pub(crate) fn reserve(bytes: usize) -> Option<NonNull<u8>> {
 pub(crate) unsafe fn commit(addr: usize, bytes: usize) -> bool {
     // SAFETY: the caller guarantees the range is ours; changing protection
     // from none to read-write cannot invalidate any reference.
-    unsafe { libc::mprotect(addr as *mut libc::c_void, bytes, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+    unsafe {
+        libc::mprotect(
+            addr as *mut libc::c_void,
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+        ) == 0
+    }
 }
 
 /// Gives the physical pages of `[addr, addr + bytes)` back; they read as zero

@@ -123,7 +123,12 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
             Err(())
         }
     };
-    let mut out = Out { buf, skip, n: 0, truncated: false };
+    let mut out = Out {
+        buf,
+        skip,
+        n: 0,
+        truncated: false,
+    };
     match super::mode() {
         UnwindMode::FramePointers => walk_frame_pointers(pc, fp, lr, read, &mut out),
         UnwindMode::Dwarf => walk_dwarf(pc, sp, fp, lr, read, &mut out),
@@ -432,21 +437,32 @@ unsafe fn module_of(info: &libc::dl_phdr_info) -> Option<Module<Mapped>> {
     }
     let (text_lo, text_hi) = text?;
     // SAFETY: the header segment is mapped for the module's lifetime.
-    let hdr_bytes: &'static [u8] =
-        unsafe { core::slice::from_raw_parts((base + hdr_svma.start) as *const u8, hdr_svma.len()) };
+    let hdr_bytes: &'static [u8] = unsafe {
+        core::slice::from_raw_parts((base + hdr_svma.start) as *const u8, hdr_svma.len())
+    };
     let eh_frame = eh_frame_address(hdr_bytes, base + hdr_svma.start)? - base;
     let eh_end = segment_end(eh_frame)?;
     // SAFETY: `.eh_frame` lies in a loaded segment that ends at `eh_end`.
     let eh_bytes: &'static [u8] =
         unsafe { core::slice::from_raw_parts((base + eh_frame) as *const u8, eh_end - eh_frame) };
-    let text_readable = loads().any(|p| p.p_flags & libc::PF_X != 0 && p.p_flags & libc::PF_R != 0);
+    // framehop reads code only to analyse prologues and epilogues; give it
+    // the code when it is one readable segment (no unmapped gaps).
+    let mut exec = loads().filter(|p| p.p_flags & libc::PF_X != 0);
+    let single_readable =
+        exec.next().is_some_and(|p| p.p_flags & libc::PF_R != 0) && exec.next().is_none();
+    let text_bytes = if single_readable {
+        // SAFETY: the only executable segment is mapped readable over
+        // `[text_lo, text_hi)` for the module's lifetime.
+        Some(Mapped(unsafe {
+            core::slice::from_raw_parts((base + text_lo) as *const u8, text_hi - text_lo)
+        }))
+    } else {
+        None
+    };
     let info_sections = ExplicitModuleSectionInfo {
         base_svma: 0,
         text_svma: Some(text_lo as u64..text_hi as u64),
-        // SAFETY: the executable segment is mapped readable (checked above).
-        text: text_readable.then(|| {
-            Mapped(unsafe { core::slice::from_raw_parts((base + text_lo) as *const u8, text_hi - text_lo) })
-        }),
+        text: text_bytes,
         eh_frame_svma: Some(eh_frame as u64..eh_end as u64),
         eh_frame: Some(Mapped(eh_bytes)),
         eh_frame_hdr_svma: Some(hdr_svma.start as u64..hdr_svma.end as u64),
