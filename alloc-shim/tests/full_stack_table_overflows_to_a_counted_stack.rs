@@ -35,10 +35,18 @@ fn overflow_stack_accounts_for_what_did_not_fit() {
     assert_eq!(stats.stack_capacity, 8);
     assert!(stats.stacks <= 8);
     assert!(stats.stack_overflow_samples > 0, "{stats:?}");
-    let overflow = snap.stacks.iter().find(|s| s.overflow).expect("an overflow stack");
+    let overflow = snap
+        .stacks
+        .iter()
+        .find(|s| s.overflow)
+        .expect("an overflow stack");
     assert!(overflow.frames.is_empty());
     let named: u64 = common::totals(&snap, "depth").0;
     // Everything `depth` allocated is either on a named stack or in overflow.
-    assert!(named + overflow.alloc_bytes >= total, "named {named} + overflow {} < {total}", overflow.alloc_bytes);
+    assert!(
+        named + overflow.alloc_bytes >= total,
+        "named {named} + overflow {} < {total}",
+        overflow.alloc_bytes
+    );
     assert!(overflow.alloc_bytes > 0);
 }

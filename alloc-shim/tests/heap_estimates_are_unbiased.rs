@@ -31,12 +31,25 @@ fn unbiased_site(size: usize, count: usize) {
 #[test]
 fn estimates_within_five_sigma_for_every_size_and_interval() {
     let _serial = common::serial();
-    let sizes = [8usize, 100, 1024, 10_000, 64 << 10, 300_000, 1 << 20, 4 << 20];
+    let sizes = [
+        8usize,
+        100,
+        1024,
+        10_000,
+        64 << 10,
+        300_000,
+        1 << 20,
+        4 << 20,
+    ];
     let mut report = Vec::new();
     for (k, &mean) in [64u64 << 10, 512 << 10].iter().enumerate() {
         for (j, &size) in sizes.iter().enumerate() {
             // 256 MiB per case at 512 KiB (512 expected samples), 64 MiB at 64 KiB.
-            let total: u64 = if mean == 512 << 10 { 256 << 20 } else { 64 << 20 };
+            let total: u64 = if mean == 512 << 10 {
+                256 << 20
+            } else {
+                64 << 20
+            };
             let count = (total / size as u64).max(1) as usize;
             let truth = (count * size) as f64;
             let seed = 0x5EED_0000 + (k * 100 + j) as u64;

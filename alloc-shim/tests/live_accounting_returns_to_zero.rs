@@ -72,12 +72,23 @@ fn in_use_is_exact_at_interval_one() {
     let (kept_bytes, all, kept) = churn(true, 1);
     let mid = common::totals(&ferroprof_alloc::snapshot(), "live_site");
     assert_eq!(mid.0 - base.0, all as u64, "allocated bytes are exact");
-    assert_eq!(mid.2 - base.2, kept_bytes as u64, "in-use bytes are the kept blocks");
-    assert!((mid.3 - base.3 - (THREADS * 2_000) as f64).abs() < 1e-2, "in-use objects {}", mid.3 - base.3);
+    assert_eq!(
+        mid.2 - base.2,
+        kept_bytes as u64,
+        "in-use bytes are the kept blocks"
+    );
+    assert!(
+        (mid.3 - base.3 - (THREADS * 2_000) as f64).abs() < 1e-2,
+        "in-use objects {}",
+        mid.3 - base.3
+    );
     drop(kept);
     let end = common::totals(&ferroprof_alloc::snapshot(), "live_site");
     ferroprof_alloc::set_sample_interval(0);
-    assert_eq!(end.2, base.2, "in-use returns to where it was once all is freed");
+    assert_eq!(
+        end.2, base.2,
+        "in-use returns to where it was once all is freed"
+    );
     assert!((end.3 - base.3).abs() < 1e-6);
 }
 
@@ -91,7 +102,11 @@ fn in_use_is_zero_after_free_and_within_bound_when_half_kept() {
     // The in-use estimate is mean × (points in the kept bytes): sd sqrt(mean × kept).
     let sigma = (mean as f64 * kept_bytes as f64).sqrt();
     let z = ((mid.2 - base.2) as f64 - kept_bytes as f64) / sigma;
-    assert!(z.abs() < 5.0, "in-use {} vs kept {kept_bytes} (z {z:.2})", mid.2 - base.2);
+    assert!(
+        z.abs() < 5.0,
+        "in-use {} vs kept {kept_bytes} (z {z:.2})",
+        mid.2 - base.2
+    );
     drop(kept);
     let (_, _, none) = churn(false, mean);
     drop(none);

@@ -36,7 +36,15 @@ fn realloc_keeps_contents_through_every_path() {
     let _serial = common::serial();
     for mean in INTERVALS {
         ferroprof_alloc::set_sample_interval(mean);
-        for (from, to) in [(16, 17), (16, 4000), (100, 8), (4000, 3000), (1 << 16, 1 << 20), (1 << 20, 100), (3, 0x3_0000)] {
+        for (from, to) in [
+            (16, 17),
+            (16, 4000),
+            (100, 8),
+            (4000, 3000),
+            (1 << 16, 1 << 20),
+            (1 << 20, 100),
+            (3, 0x3_0000),
+        ] {
             for align in [1usize, 8, 64, 4096] {
                 let layout = Layout::from_size_align(from, align).unwrap();
                 // SAFETY: non-zero size; the block is freed below with the
@@ -81,14 +89,25 @@ fn zero_size_and_over_aligned_layouts() {
     let _serial = common::serial();
     for mean in INTERVALS {
         ferroprof_alloc::set_sample_interval(mean);
-        for (size, align) in [(0usize, 1usize), (0, 4096), (1, 4096), (5000, 4096), (1, 2 << 20), (3 << 20, 2 << 20)] {
+        for (size, align) in [
+            (0usize, 1usize),
+            (0, 4096),
+            (1, 4096),
+            (5000, 4096),
+            (1, 2 << 20),
+            (3 << 20, 2 << 20),
+        ] {
             let layout = Layout::from_size_align(size, align).unwrap();
             // SAFETY: zero-size layouts are passed straight to the inner
             // allocator, which (System) accepts them; freed with the same layout.
             unsafe {
                 let p = GLOBAL.alloc(layout);
                 assert!(!p.is_null(), "size {size} align {align}");
-                assert_eq!(p as usize % align, 0, "size {size} align {align} mean {mean}");
+                assert_eq!(
+                    p as usize % align,
+                    0,
+                    "size {size} align {align} mean {mean}"
+                );
                 fill(p, size, 3);
                 check(p, size, 3);
                 GLOBAL.dealloc(p, layout);
@@ -112,7 +131,10 @@ fn alloc_zeroed_is_zero_even_when_recycled() {
                     dirty.write_bytes(0xFF, size);
                     GLOBAL.dealloc(dirty, layout);
                     let p = GLOBAL.alloc_zeroed(layout);
-                    assert!((0..size).all(|i| p.add(i).read() == 0), "size {size} mean {mean}");
+                    assert!(
+                        (0..size).all(|i| p.add(i).read() == 0),
+                        "size {size} mean {mean}"
+                    );
                     GLOBAL.dealloc(p, layout);
                 }
             }
@@ -145,7 +167,11 @@ fn record_follows_a_sampled_block_through_realloc() {
         let r = GLOBAL.realloc(q, Layout::from_size_align(900, 8).unwrap(), 100_000); // moves
         let after = ferroprof_alloc::snapshot();
         assert_eq!(inuse(after.clone()), 100_000);
-        assert_eq!(common::totals(&after, "realloc_site").0 - base.0, 1000 + 99_100, "growth is allocated bytes");
+        assert_eq!(
+            common::totals(&after, "realloc_site").0 - base.0,
+            1000 + 99_100,
+            "growth is allocated bytes"
+        );
         GLOBAL.dealloc(r, Layout::from_size_align(100_000, 8).unwrap());
     }
     assert_eq!(inuse(ferroprof_alloc::snapshot()), 0);

@@ -58,7 +58,8 @@ unsafe impl GlobalAlloc for Bump {
             if end > base + ARENA {
                 return std::ptr::null_mut();
             }
-            match NEXT.compare_exchange_weak(cur, end - base, Ordering::Relaxed, Ordering::Relaxed) {
+            match NEXT.compare_exchange_weak(cur, end - base, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return start as *mut u8,
                 Err(seen) => cur = seen,
             }
@@ -145,5 +146,49 @@ fn signal_handlers_that_allocate_do_not_deadlock() {
     }
     done.store(true, Ordering::Relaxed);
     assert!(worker.join().unwrap() > 0);
-    assert!(HANDLED.load(Ordering::Relaxed) > 100, "handlers ran: {}", HANDLED.load(Ordering::Relaxed));
+    assert!(
+        HANDLED.load(Ordering::Relaxed) > 100,
+        "handlers ran: {}",
+        HANDLED.load(Ordering::Relaxed)
+    );
+}
+
+static ON_ALT: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn allocating_altstack_handler(_: libc::c_int) {
+    let v: Vec<u8> = vec![3; 10_000];
+    ON_ALT.fetch_add(v.len(), Ordering::Relaxed);
+}
+
+#[test]
+fn handlers_on_an_alternate_stack_are_sampled_safely() {
+    // A handler on its own alternate stack: the sampler must bound its stack
+    // reads by that stack, not by the thread's.
+    std::thread::spawn(|| {
+        const SIZE: usize = 256 << 10;
+        let alt: &'static mut [u8] = Vec::leak(vec![0u8; SIZE]);
+        // SAFETY: a leaked buffer becomes this thread's alternate signal
+        // stack, and SIGUSR2 (unused elsewhere) gets a handler that runs on it.
+        unsafe {
+            let ss = libc::stack_t {
+                ss_sp: alt.as_mut_ptr().cast(),
+                ss_flags: 0,
+                ss_size: SIZE,
+            };
+            assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = allocating_altstack_handler as *const () as usize;
+            sa.sa_flags = libc::SA_ONSTACK;
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+        }
+        ferroprof_alloc::set_sample_interval(1);
+        for _ in 0..100 {
+            // SAFETY: raising a signal whose handler we installed.
+            unsafe { libc::raise(libc::SIGUSR2) };
+        }
+        ferroprof_alloc::set_sample_interval(0);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(ON_ALT.load(Ordering::Relaxed), 100 * 10_000);
 }

@@ -43,7 +43,11 @@ fn dwarf_stack_contains_site_and_its_caller() {
         .map(|s| names(&s.frames))
         .collect::<Vec<_>>();
     drop(kept);
-    assert_eq!(ours.len(), 1, "one stack holds the 123457-byte block: {ours:#?}");
+    assert_eq!(
+        ours.len(),
+        1,
+        "one stack holds the 123457-byte block: {ours:#?}"
+    );
     let stack = &ours[0];
     let site = stack
         .iter()
@@ -59,8 +63,12 @@ fn dwarf_stack_contains_site_and_its_caller() {
     assert!(
         !stack
             .iter()
-            .any(|n| n.contains("ferroprof_alloc::") && !n.contains("GlobalAlloc for ferroprof_alloc")),
+            .any(|n| n.contains("ferroprof_alloc::")
+                && !n.contains("GlobalAlloc for ferroprof_alloc")),
         "sampler frames leaked into the stack: {stack:#?}"
     );
-    assert!(stack.iter().any(|n| n.contains("run_test")), "stack reaches the test harness: {stack:#?}");
+    assert!(
+        stack.iter().any(|n| n.contains("run_test")),
+        "stack reaches the test harness: {stack:#?}"
+    );
 }

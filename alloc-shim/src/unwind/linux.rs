@@ -108,10 +108,17 @@ fn registers() -> (u64, u64, u64, u64) {
 #[inline(never)]
 pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
     let (pc, sp, fp, lr) = registers();
-    let Some((_, hi)) = crate::sampler::stack_bounds() else {
-        return (0, false);
+    let Some((lo, hi)) = readable_stack(sp as usize) else {
+        let mut out = Out {
+            buf,
+            skip,
+            n: 0,
+            truncated: false,
+        };
+        // Only the frame we are in is known; callers are not safely readable.
+        out.push(pc);
+        return (out.n, out.truncated);
     };
-    let lo = sp as usize;
     let read = move |addr: u64| -> Result<u64, ()> {
         let a = addr as usize;
         if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a % 8 == 0 {
@@ -500,6 +507,24 @@ fn eh_frame_address(hdr: &[u8], at: usize) -> Option<usize> {
         0x30 => Some((at as i64).wrapping_add(value) as usize),
         _ => None,
     }
+}
+
+/// The range `[sp, top)` of the stack `sp` is on: this thread's stack, or
+/// the alternate signal stack when a handler runs on one. `None` when `sp`
+/// is on neither (then nothing above `sp` is known to be mapped).
+fn readable_stack(sp: usize) -> Option<(usize, usize)> {
+    if let Some((lo, hi)) = crate::sampler::stack_bounds() {
+        if (lo..hi).contains(&sp) {
+            return Some((sp, hi));
+        }
+    }
+    // SAFETY: querying the current alternate stack into a valid out-pointer.
+    let alt = unsafe {
+        let mut ss: libc::stack_t = core::mem::zeroed();
+        (libc::sigaltstack(core::ptr::null(), &mut ss) == 0).then_some(ss)
+    }?;
+    let (lo, hi) = (alt.ss_sp as usize, alt.ss_sp as usize + alt.ss_size);
+    (alt.ss_flags & libc::SS_ONSTACK != 0 && (lo..hi).contains(&sp)).then_some((sp, hi))
 }
 
 /// This thread's stack as `(lowest, highest)` address.

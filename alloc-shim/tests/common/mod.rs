@@ -9,9 +9,12 @@ use ferroprof_alloc::{HeapSnapshot, StackSample};
 pub fn names(frames: &[u64]) -> Vec<String> {
     let mut out = Vec::new();
     for &f in frames {
-        backtrace::resolve((f.saturating_sub(1)) as usize as *mut std::ffi::c_void, |s| {
-            out.push(s.name().map(|n| format!("{n:#}")).unwrap_or_default());
-        });
+        backtrace::resolve(
+            (f.saturating_sub(1)) as usize as *mut std::ffi::c_void,
+            |s| {
+                out.push(s.name().map(|n| format!("{n:#}")).unwrap_or_default());
+            },
+        );
     }
     out
 }
@@ -28,14 +31,16 @@ pub fn stacks_through<'a>(snap: &'a HeapSnapshot, marker: &str) -> Vec<&'a Stack
 /// Sums (alloc_bytes, alloc_objects, inuse_bytes, inuse_objects) over the
 /// stacks through `marker`.
 pub fn totals(snap: &HeapSnapshot, marker: &str) -> (u64, f64, u64, f64) {
-    stacks_through(snap, marker).iter().fold((0, 0.0, 0, 0.0), |acc, s| {
-        (
-            acc.0 + s.alloc_bytes,
-            acc.1 + s.alloc_objects,
-            acc.2 + s.inuse_bytes,
-            acc.3 + s.inuse_objects,
-        )
-    })
+    stacks_through(snap, marker)
+        .iter()
+        .fold((0, 0.0, 0, 0.0), |acc, s| {
+            (
+                acc.0 + s.alloc_bytes,
+                acc.1 + s.alloc_objects,
+                acc.2 + s.inuse_bytes,
+                acc.3 + s.inuse_objects,
+            )
+        })
 }
 
 /// Tests of one binary that change the process-wide sampling interval take
