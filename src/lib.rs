@@ -16,7 +16,7 @@
 //!   it forwards every call to the inner allocator unchanged.
 //! - `cpu` (default): the SIGPROF CPU profiler (not yet built).
 
-pub use ferroprof_alloc::{SamplingAllocator, Jemalloc};
+pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 
 /// The sampling allocator's own API: interval, snapshot, statistics.
 pub use ferroprof_alloc as alloc;
