@@ -32,6 +32,7 @@ fn names(frames: &[u64]) -> Vec<String> {
 
 #[test]
 fn dwarf_stack_contains_site_and_its_caller() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ferroprof_alloc::set_sample_interval(1);
     let kept = outer_caller_of_site(123_457);
     let snap = ferroprof_alloc::snapshot();
@@ -72,3 +73,60 @@ fn dwarf_stack_contains_site_and_its_caller() {
         "stack reaches the test harness: {stack:#?}"
     );
 }
+
+#[inline(never)]
+fn deep(n: usize, size: usize) -> Vec<u8> {
+    if n == 0 {
+        return std::hint::black_box(vec![1u8; size]);
+    }
+    let v = deep(n - 1, size);
+    std::hint::black_box(v)
+}
+
+#[test]
+fn deep_stacks_are_cut_at_max_frames_and_marked() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(
+        ferroprof_alloc::set_max_frames(1000),
+        ferroprof_alloc::MAX_FRAMES_LIMIT
+    );
+    assert_eq!(ferroprof_alloc::set_max_frames(16), 16);
+    ferroprof_alloc::set_sample_interval(1);
+    let v = deep(40, 77_777);
+    let snap = ferroprof_alloc::snapshot();
+    ferroprof_alloc::set_sample_interval(0);
+    ferroprof_alloc::set_max_frames(ferroprof_alloc::DEFAULT_MAX_FRAMES);
+    drop(v);
+    let s = snap
+        .stacks
+        .iter()
+        .find(|s| s.inuse_bytes == 77_777)
+        .expect("the block is recorded");
+    assert_eq!(s.frames.len(), 16);
+    assert!(s.truncated, "a 40-deep recursion does not fit in 16 frames");
+    assert!(names(&s.frames).iter().any(|n| n.contains("deep")));
+}
+
+#[test]
+fn frame_pointer_walk_without_frame_pointers_is_safe() {
+    // This binary is built without frame pointers, so rbp holds arbitrary
+    // values: the walk must stop at the first read outside the stack and
+    // never fault.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ferroprof_alloc::set_unwind_mode(ferroprof_alloc::UnwindMode::FramePointers);
+    ferroprof_alloc::set_sample_interval(1);
+    let mut kept = Vec::new();
+    for n in 0..50 {
+        kept.push(deep(n % 20, 50_000 + n));
+    }
+    let snap = ferroprof_alloc::snapshot();
+    ferroprof_alloc::set_sample_interval(0);
+    ferroprof_alloc::set_unwind_mode(ferroprof_alloc::UnwindMode::Dwarf);
+    // Stacks may be short or empty, but every block is still recorded.
+    let kept_bytes: u64 = kept.iter().map(|v| v.len() as u64).sum();
+    let inuse: u64 = snap.stacks.iter().map(|s| s.inuse_bytes).sum();
+    assert!(inuse >= kept_bytes, "in-use {inuse} < kept {kept_bytes}");
+    drop(kept);
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
