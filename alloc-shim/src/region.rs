@@ -239,6 +239,8 @@ pub(crate) fn free(user: *mut u8) {
             // SAFETY: the block is committed and freed; its first page keeps
             // the free-list link, the rest is no one's.
             unsafe { crate::sys::discard(start + PAGE, class - PAGE) };
+            // Word 1 may hold user data (when the header sat further in).
+            mark_dirty(start, false);
         } else {
             mark_dirty(start, true);
         }
