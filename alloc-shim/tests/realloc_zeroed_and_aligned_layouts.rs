@@ -177,3 +177,40 @@ fn record_follows_a_sampled_block_through_realloc() {
     assert_eq!(inuse(ferroprof_alloc::snapshot()), 0);
     ferroprof_alloc::set_sample_interval(0);
 }
+
+#[test]
+fn freed_large_sampled_blocks_keep_at_most_64_mib_resident() {
+    let _serial = common::serial();
+    ferroprof_alloc::set_sample_interval(1);
+    for align in [8usize, 4096] {
+        let layout = Layout::from_size_align(1 << 20, align).unwrap();
+        // 200 MiB of 1 MiB sampled blocks live at once, then all freed.
+        let blocks: Vec<*mut u8> = (0..200)
+            .map(|i| {
+                // SAFETY: non-zero size; freed below with the same layout.
+                let p = unsafe { GLOBAL.alloc(layout) };
+                fill(p, 1 << 20, i as u8);
+                p
+            })
+            .collect();
+        for (i, &p) in blocks.iter().enumerate() {
+            check(p, 1 << 20, i as u8);
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { GLOBAL.dealloc(p, layout) };
+        }
+        let kept = ferroprof_alloc::stats().region_kept;
+        assert!(kept <= 64 << 20, "kept {kept} bytes resident");
+        // Reuse after pages were given back: zeroed where asked, usable.
+        for _ in 0..200 {
+            // SAFETY: as above.
+            unsafe {
+                let p = GLOBAL.alloc_zeroed(layout);
+                assert!((0..1 << 20).step_by(4096).all(|i| p.add(i).read() == 0));
+                fill(p, 1 << 20, 1);
+                GLOBAL.dealloc(p, layout);
+            }
+        }
+        assert!(ferroprof_alloc::stats().region_kept <= 64 << 20);
+    }
+    ferroprof_alloc::set_sample_interval(0);
+}
