@@ -76,6 +76,8 @@ struct ThreadState {
     /// Set while this thread is inside the sampler or taking a snapshot: any
     /// allocation made then is served unsampled.
     busy: Cell<bool>,
+    /// The unwinder cache slot this thread tries first (0: not chosen yet).
+    cache_hint: Cell<u8>,
     /// Stack bounds of this thread, for the unwinder (0, 0 until looked up).
     pub(crate) stack_lo: Cell<usize>,
     pub(crate) stack_hi: Cell<usize>,
@@ -88,6 +90,7 @@ thread_local! {
             rng: Cell::new(0),
             mean: Cell::new(0),
             busy: Cell::new(false),
+            cache_hint: Cell::new(0),
             stack_lo: Cell::new(0),
             stack_hi: Cell::new(0),
         }
@@ -245,6 +248,16 @@ impl Drop for Busy {
 #[inline(always)]
 pub(crate) fn enter() -> Option<Busy> {
     STATE.with(|s| !s.busy.replace(true)).then_some(Busy(()))
+}
+
+/// This thread's preferred unwinder cache slot, chosen once by `pick`.
+pub(crate) fn cache_hint(pick: impl FnOnce() -> u8) -> u8 {
+    STATE.with(|s| {
+        if s.cache_hint.get() == 0 {
+            s.cache_hint.set(pick() | 0x80);
+        }
+        s.cache_hint.get() & 0x7F
+    })
 }
 
 /// This thread's cached stack bounds, looked up once.

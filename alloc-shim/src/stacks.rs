@@ -259,13 +259,23 @@ impl StackTable {
     }
 }
 
-/// FNV-1a over the addresses, finished with a multiply-xorshift; never 0.
+/// Two interleaved multiply-xorshift lanes over the addresses (so the
+/// multiplications of consecutive frames do not wait on each other), folded
+/// and finished; never 0.
 fn hash_frames(frames: &[u64], truncated: bool) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ truncated as u64;
-    for &f in frames {
-        h = (h ^ f).wrapping_mul(0x0000_0100_0000_01B3);
-        h ^= h >> 29;
+    const K1: u64 = 0x9E37_79B9_7F4A_7C15;
+    const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+    let mut a: u64 = 0xcbf2_9ce4_8422_2325 ^ truncated as u64;
+    let mut b: u64 = frames.len() as u64;
+    let mut pairs = frames.chunks_exact(2);
+    for p in &mut pairs {
+        a = (a ^ p[0]).wrapping_mul(K1).rotate_left(29);
+        b = (b ^ p[1]).wrapping_mul(K2).rotate_left(31);
     }
+    if let [last] = pairs.remainder() {
+        a = (a ^ last).wrapping_mul(K1).rotate_left(29);
+    }
+    let mut h = a ^ b.rotate_left(17);
     h = (h ^ (h >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     h ^= h >> 32;
     h.max(1)

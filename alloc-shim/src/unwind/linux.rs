@@ -242,7 +242,9 @@ fn walk_dwarf(
 /// Runs `f` with an unwinder cache from the pool, or a fresh one if every
 /// pooled cache is in use (never waits).
 fn with_cache(f: impl FnOnce(&mut Cache)) {
-    let start = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as usize;
+    // Each thread starts at its own slot, so its rule cache stays warm.
+    let start =
+        crate::sampler::cache_hint(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8) as usize;
     for k in 0..POOL {
         let slot = &CACHES[(start + k) % POOL];
         // Acquire: pairs with the Release store of `busy = false` below, so
@@ -280,7 +282,9 @@ fn current_modules() -> *const Modules {
     // SAFETY: published lists are never freed.
     let suspect = match unsafe { cur.as_ref() } {
         None => true,
-        Some(_) => SUSPECT_STALE.swap(false, Ordering::Relaxed),
+        Some(_) => {
+            SUSPECT_STALE.load(Ordering::Relaxed) && SUSPECT_STALE.swap(false, Ordering::Relaxed)
+        }
     };
     if !suspect || REBUILDS.load(Ordering::Relaxed) >= MAX_REBUILDS {
         return cur;
