@@ -10,15 +10,6 @@ use ferroprof_alloc::SamplingAllocator;
 #[global_allocator]
 static GLOBAL: SamplingAllocator<System> = SamplingAllocator::new(System).with_stack_capacity(8);
 
-#[inline(never)]
-fn depth(n: usize, size: usize) -> Vec<u8> {
-    if n == 0 {
-        return std::hint::black_box(vec![1u8; size]);
-    }
-    let v = depth(n - 1, size);
-    std::hint::black_box(v)
-}
-
 #[test]
 fn overflow_stack_accounts_for_what_did_not_fit() {
     let _serial = common::serial();
@@ -26,7 +17,7 @@ fn overflow_stack_accounts_for_what_did_not_fit() {
     // 40 distinct stacks (different depths) cannot fit in 8 slots.
     let mut total = 0u64;
     for n in 0..40 {
-        drop(depth(n, 1000 + n));
+        drop(common::deep(n, 1000 + n));
         total += (1000 + n) as u64;
     }
     let snap = ferroprof_alloc::snapshot();
@@ -41,8 +32,8 @@ fn overflow_stack_accounts_for_what_did_not_fit() {
         .find(|s| s.overflow)
         .expect("an overflow stack");
     assert!(overflow.frames.is_empty());
-    let named: u64 = common::totals(&snap, "depth").0;
-    // Everything `depth` allocated is either on a named stack or in overflow.
+    let named: u64 = common::totals(&snap, "common::deep").0;
+    // Everything `deep` allocated is either on a named stack or in overflow.
     assert!(
         named + overflow.alloc_bytes >= total,
         "named {named} + overflow {} < {total}",

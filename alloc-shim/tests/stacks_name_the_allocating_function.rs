@@ -2,8 +2,11 @@
 //! DWARF unwinder (this test binary is built without frame pointers) and with
 //! the frame-pointer walker reaching at least the allocator's caller.
 
+mod common;
+
 use std::alloc::System;
 
+use common::names;
 use ferroprof_alloc::SamplingAllocator;
 
 #[global_allocator]
@@ -20,19 +23,9 @@ fn outer_caller_of_site(n: usize) -> Vec<u8> {
     std::hint::black_box(v)
 }
 
-fn names(frames: &[u64]) -> Vec<String> {
-    let mut out = Vec::new();
-    for &f in frames {
-        backtrace::resolve((f - 1) as usize as *mut std::ffi::c_void, |s| {
-            out.push(s.name().map(|n| format!("{n:#}")).unwrap_or_default());
-        });
-    }
-    out
-}
-
 #[test]
 fn dwarf_stack_contains_site_and_its_caller() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = common::serial();
     ferroprof_alloc::set_sample_interval(1);
     let kept = outer_caller_of_site(123_457);
     let snap = ferroprof_alloc::snapshot();
@@ -74,25 +67,16 @@ fn dwarf_stack_contains_site_and_its_caller() {
     );
 }
 
-#[inline(never)]
-fn deep(n: usize, size: usize) -> Vec<u8> {
-    if n == 0 {
-        return std::hint::black_box(vec![1u8; size]);
-    }
-    let v = deep(n - 1, size);
-    std::hint::black_box(v)
-}
-
 #[test]
 fn deep_stacks_are_cut_at_max_frames_and_marked() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = common::serial();
     assert_eq!(
         ferroprof_alloc::set_max_frames(1000),
         ferroprof_alloc::MAX_FRAMES_LIMIT
     );
     assert_eq!(ferroprof_alloc::set_max_frames(16), 16);
     ferroprof_alloc::set_sample_interval(1);
-    let v = deep(40, 77_777);
+    let v = common::deep(40, 77_777);
     let snap = ferroprof_alloc::snapshot();
     ferroprof_alloc::set_sample_interval(0);
     ferroprof_alloc::set_max_frames(ferroprof_alloc::DEFAULT_MAX_FRAMES);
@@ -112,12 +96,12 @@ fn frame_pointer_walk_without_frame_pointers_is_safe() {
     // This binary is built without frame pointers, so rbp holds arbitrary
     // values: the walk must stop at the first read outside the stack and
     // never fault.
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = common::serial();
     ferroprof_alloc::set_unwind_mode(ferroprof_alloc::UnwindMode::FramePointers);
     ferroprof_alloc::set_sample_interval(1);
     let mut kept = Vec::new();
     for n in 0..50 {
-        kept.push(deep(n % 20, 50_000 + n));
+        kept.push(common::deep(n % 20, 50_000 + n));
     }
     let snap = ferroprof_alloc::snapshot();
     ferroprof_alloc::set_sample_interval(0);
@@ -128,5 +112,3 @@ fn frame_pointer_walk_without_frame_pointers_is_safe() {
     assert!(inuse >= kept_bytes, "in-use {inuse} < kept {kept_bytes}");
     drop(kept);
 }
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());

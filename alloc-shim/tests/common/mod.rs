@@ -51,3 +51,14 @@ pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Allocates `size` bytes `n` calls deep (each level its own frame, and no
+/// tail call, so every level is on the sampled stack).
+#[inline(never)]
+pub fn deep(n: usize, size: usize) -> Vec<u8> {
+    if n == 0 {
+        return std::hint::black_box(vec![1u8; size]);
+    }
+    let v = deep(n - 1, size);
+    std::hint::black_box(v)
+}
