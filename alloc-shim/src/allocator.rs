@@ -18,7 +18,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::Ordering;
 
-use crate::global::{tables, tables_or_create, COUNTERS};
+use crate::global::{tables, tables_or_create, warm_up, COUNTERS};
 use crate::live::LiveRecord;
 use crate::sampler::{self, Weight};
 use crate::{region, unwind, SamplingAllocator, MAX_FRAMES_LIMIT};
@@ -84,6 +84,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        warm_up(self.capacities.live, self.capacities.stacks);
         if let Some(weight) = sampler::decide(layout.size(), true) {
             if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks)
             {

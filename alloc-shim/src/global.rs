@@ -76,6 +76,24 @@ pub(crate) fn tables_or_create(live: u32, stacks: u32) -> Option<&'static Tables
     Some(unsafe { &*ptr })
 }
 
+/// Creates the tables and reserves the region if that has not happened yet.
+///
+/// Called on every thread's first slow path, so in practice by the first
+/// allocation of the process, before `main` and before any other thread
+/// exists: the races in which a sample finds the tables or the region being
+/// created by another thread (and is dropped, counted, rather than wait)
+/// then cannot happen in a normal program.
+#[cold]
+pub(crate) fn warm_up(live: u32, stacks: u32) {
+    if tables().is_some() {
+        return;
+    }
+    if let Some(_busy) = sampler::enter() {
+        tables_or_create(live, stacks);
+        region::ready();
+    }
+}
+
 /// Health of the sampler: how much was sampled, what was dropped and why,
 /// and how full the tables are.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -102,9 +102,11 @@ thread_local! {
 #[inline(always)]
 pub(crate) fn charge(size: usize) -> bool {
     STATE.with(|s| {
-        let left = s.countdown.get().wrapping_sub(size as i64);
-        s.countdown.set(left);
-        left <= 0
+        let before = s.countdown.get();
+        s.countdown.set(before.wrapping_sub(size as i64));
+        // Compared before the subtraction so that the compiler can take the
+        // flags of one memory-destination `sub` (no separate test).
+        before <= size as i64
     })
 }
 
@@ -247,7 +249,9 @@ impl Drop for Busy {
 /// Enters the sampler; `None` if this thread is already inside it.
 #[inline(always)]
 pub(crate) fn enter() -> Option<Busy> {
-    STATE.with(|s| !s.busy.replace(true)).then_some(Busy(()))
+    // `then`, not `then_some`: a `Busy` built eagerly and dropped on the
+    // failing path would clear the flag the outer caller still holds.
+    STATE.with(|s| !s.busy.replace(true)).then(|| Busy(()))
 }
 
 /// This thread's preferred unwinder cache slot, chosen once by `pick`.

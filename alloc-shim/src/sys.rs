@@ -46,6 +46,27 @@ pub(crate) fn reserve(bytes: usize) -> Option<NonNull<u8>> {
     }
 }
 
+/// Reserves `size` bytes of address space aligned to `size` (a power of
+/// two), with no access and no commit charge; returns the start. Reserves
+/// twice the size and gives back the unaligned ends.
+pub(crate) fn reserve_aligned(size: usize) -> Option<usize> {
+    let twice = size.checked_mul(2)?;
+    let start = reserve(twice)?.as_ptr() as usize;
+    let aligned = (start + size - 1) & !(size - 1);
+    let head = aligned - start;
+    let tail = twice - head - size;
+    // SAFETY: both ranges are parts of the mapping just made, unused.
+    unsafe {
+        if head > 0 {
+            libc::munmap(start as *mut libc::c_void, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    Some(aligned)
+}
+
 /// Makes `[addr, addr + bytes)` of a reservation readable and writable.
 ///
 /// # Safety
