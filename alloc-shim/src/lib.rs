@@ -21,8 +21,8 @@
 //!   pointers), read only from the current thread's stack.
 //! - [`stacks::StackTable`]: interns each stack once, keeps cumulative totals.
 //! - `region`: every sampled block is served from one reserved address
-//!   range, so `dealloc` of a non-sampled block is a range compare against
-//!   two constants, with no header and no shared write.
+//!   1 TiB-aligned range, so `dealloc` of a non-sampled block compares
+//!   `ptr >> 40` with one word set at start-up: no header, no shared write.
 //! - [`live::LiveTable`]: one record per live sampled block, found through
 //!   the block's header in O(1), lock-free.
 //!

@@ -2,8 +2,8 @@
 //!
 //! Design rule 1 says a non-sampled `dealloc` must tell "not sampled" without
 //! touching shared, written memory. ferroprof serves every sampled block from
-//! one reserved range of address space, so the test is a subtraction and a
-//! compare against two words written once at start-up ([`contains`]). This
+//! one reserved range of address space, so the test is a shift and a
+//! compare against one word written once at start-up ([`contains`]). This
 //! works over any inner allocator (jemalloc, `System`, ...), and only sampled
 //! blocks pay for a header: 16 bytes just before the user's pointer holding
 //! the block's start and its live-table slot.
