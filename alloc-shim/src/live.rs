@@ -106,7 +106,7 @@ impl LiveTable {
         let index = self.take_slot()?;
         let slot = &self.slots[index as usize];
         let g = slot.state.load(Ordering::Relaxed);
-        debug_assert!(g % 2 == 0, "free slot must be even");
+        debug_assert!(g.is_multiple_of(2), "free slot must be even");
         // Release fence: a snapshot that reads any field written below
         // synchronises with it and then sees `state` at least at the even
         // generation set when this slot was last freed, so it cannot take a

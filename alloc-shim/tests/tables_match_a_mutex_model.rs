@@ -284,7 +284,7 @@ fn live_threaded(seed: u64, cap: u32) {
                         .get(&id)
                         .unwrap_or_else(|| panic!("{ctx}: snapshot saw {id:?}, never written"));
                     assert!(
-                        life.born <= t1 && life.died.map_or(true, |d| d >= t0),
+                        life.born <= t1 && life.died.is_none_or(|d| d >= t0),
                         "{ctx}: snapshot during [{t0}, {t1}] saw {id:?}, live [{}, {:?}]",
                         life.born,
                         life.died,
