@@ -48,23 +48,20 @@ const MAGIC_MASK: u64 = 0xFFFF_0000;
 const WINDOW_SHIFT: u32 = 40;
 const WINDOW: usize = 1 << WINDOW_SHIFT;
 
-/// Where the region is; written once (by the thread that reserves it) and
-/// read by every `dealloc`. On its own cache line so that no write to any
-/// other state ever invalidates it.
+/// Where the region is: `base >> WINDOW_SHIFT` once reserved (the base is
+/// `tag << WINDOW_SHIFT`, the length [`WINDOW`]); `usize::MAX`, which no
+/// pointer shifted right by 40 can equal, before. Written once (by the
+/// thread that reserves it) and read by every `dealloc`; on its own cache
+/// line so that no write to any other state ever invalidates it.
 #[repr(C, align(128))]
-struct Bounds {
-    base: AtomicUsize,
-    /// `base >> WINDOW_SHIFT` once reserved; `usize::MAX` (which no pointer
-    /// shifted right by 40 can equal) before.
-    tag: AtomicUsize,
-    len: AtomicUsize,
-}
+struct Tag(AtomicUsize);
 
-static BOUNDS: Bounds = Bounds {
-    base: AtomicUsize::new(0),
-    tag: AtomicUsize::new(usize::MAX),
-    len: AtomicUsize::new(0),
-};
+static TAG: Tag = Tag(AtomicUsize::new(usize::MAX));
+
+/// The region's first byte; only meaningful once it is reserved.
+fn base() -> usize {
+    TAG.0.load(Ordering::Relaxed) << WINDOW_SHIFT
+}
 
 const UNRESERVED: u8 = 0;
 const RESERVING: u8 = 1;
@@ -108,7 +105,7 @@ pub(crate) fn contains(ptr: *mut u8) -> bool {
     // was stored and is ordered before this call by the user's own
     // synchronisation; before the reservation the tag matches nothing,
     // which is right since nothing is in the region yet.
-    (ptr as usize >> WINDOW_SHIFT) == BOUNDS.tag.load(Ordering::Relaxed)
+    (ptr as usize >> WINDOW_SHIFT) == TAG.0.load(Ordering::Relaxed)
 }
 
 /// Reserves the range on first use. Never waits: a thread that finds another
@@ -128,11 +125,9 @@ pub(crate) fn ready() -> bool {
     }
     match crate::sys::reserve_aligned(WINDOW) {
         Some(base) => {
-            BOUNDS.base.store(base, Ordering::Relaxed);
-            BOUNDS.len.store(WINDOW, Ordering::Relaxed);
-            BOUNDS.tag.store(base >> WINDOW_SHIFT, Ordering::Relaxed);
+            TAG.0.store(base >> WINDOW_SHIFT, Ordering::Relaxed);
             // Release: pairs with the Acquire loads of `init` above, so a
-            // thread that sees READY sees the bounds.
+            // thread that sees READY sees the tag.
             STATE.init.store(READY, Ordering::Release);
             true
         }
@@ -278,11 +273,11 @@ fn link(start: usize) -> &'static AtomicU64 {
 }
 
 fn encode(start: usize) -> u64 {
-    ((start - BOUNDS.base.load(Ordering::Relaxed)) / 16 + 1) as u64
+    ((start - base()) / 16 + 1) as u64
 }
 
 fn decode(bits: u64) -> usize {
-    BOUNDS.base.load(Ordering::Relaxed) + ((bits & OFFSET_MASK) as usize - 1) * 16
+    base() + ((bits & OFFSET_MASK) as usize - 1) * 16
 }
 
 fn push(shift: u32, start: usize) {
@@ -324,7 +319,7 @@ fn pop(shift: u32, align: usize) -> Option<usize> {
             Ordering::Acquire,
         ) {
             Ok(_) => {
-                if start % align != 0 {
+                if !start.is_multiple_of(align) {
                     // Only alignments above 2 MiB can miss; keep the block for others.
                     push(shift, start);
                     return None;
@@ -364,8 +359,7 @@ fn fresh(shift: u32, align: usize) -> Option<usize> {
 }
 
 fn bump(size: usize, align: usize) -> Option<usize> {
-    let base = BOUNDS.base.load(Ordering::Relaxed);
-    let len = BOUNDS.len.load(Ordering::Relaxed);
+    let (base, len) = (base(), WINDOW);
     let mut cur = STATE.bump.load(Ordering::Relaxed);
     let (start, end) = loop {
         let start = (base + cur).checked_add(align - 1)? & !(align - 1);
@@ -406,8 +400,13 @@ fn bump(size: usize, align: usize) -> Option<usize> {
 
 /// Region statistics: (reserved, committed, in use, kept dirty) bytes.
 pub(crate) fn stats() -> (usize, usize, usize, usize) {
+    let reserved = if STATE.init.load(Ordering::Relaxed) == READY {
+        WINDOW
+    } else {
+        0
+    };
     (
-        BOUNDS.len.load(Ordering::Relaxed),
+        reserved,
         STATE.committed.load(Ordering::Relaxed),
         STATE.in_use.load(Ordering::Relaxed),
         STATE.dirty.load(Ordering::Relaxed),

@@ -55,13 +55,10 @@ pub(crate) fn reserve_aligned(size: usize) -> Option<usize> {
     let aligned = (start + size - 1) & !(size - 1);
     let head = aligned - start;
     let tail = twice - head - size;
-    // SAFETY: both ranges are parts of the mapping just made, unused.
-    unsafe {
-        if head > 0 {
-            libc::munmap(start as *mut libc::c_void, head);
-        }
-        if tail > 0 {
-            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+    for (at, bytes) in [(start, head), (aligned + size, tail)] {
+        if let Some(ptr) = NonNull::new(at as *mut u8).filter(|_| bytes > 0) {
+            // SAFETY: a part of the mapping just made, not referenced.
+            unsafe { unmap(ptr, bytes) };
         }
     }
     Some(aligned)
@@ -95,11 +92,11 @@ pub(crate) unsafe fn discard(addr: usize, bytes: usize) {
     unsafe { libc::madvise(addr as *mut libc::c_void, bytes, libc::MADV_DONTNEED) };
 }
 
-/// Unmaps a mapping made by [`map_anonymous`].
+/// Unmaps `[ptr, ptr + bytes)`, all or part of a mapping made here.
 ///
 /// # Safety
 ///
-/// `ptr`/`bytes` must be exactly such a mapping, no longer referenced.
+/// The range must belong to a mapping of ours that nothing references.
 pub(crate) unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
     // SAFETY: the caller guarantees the mapping is ours and unused.
     unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };

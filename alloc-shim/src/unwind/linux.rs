@@ -110,20 +110,20 @@ fn registers() -> (u64, u64, u64, u64) {
 #[inline(never)]
 pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
     let (pc, sp, fp, lr) = registers();
+    let mut out = Out {
+        buf,
+        skip,
+        n: 0,
+        truncated: false,
+    };
     let Some((lo, hi)) = readable_stack(sp as usize) else {
-        let mut out = Out {
-            buf,
-            skip,
-            n: 0,
-            truncated: false,
-        };
         // Only the frame we are in is known; callers are not safely readable.
         out.push(pc);
         return (out.n, out.truncated);
     };
     let read = move |addr: u64| -> Result<u64, ()> {
         let a = addr as usize;
-        if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a % 8 == 0 {
+        if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
             // SAFETY: `a` is 8-aligned and inside this thread's stack between
             // the current stack pointer and its top, which is mapped and
             // readable for as long as this function runs.
@@ -131,12 +131,6 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
         } else {
             Err(())
         }
-    };
-    let mut out = Out {
-        buf,
-        skip,
-        n: 0,
-        truncated: false,
     };
     match super::mode() {
         UnwindMode::FramePointers => walk_frame_pointers(pc, fp, lr, read, &mut out),
