@@ -20,3 +20,5 @@ pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 
 /// The sampling allocator's own API: interval, snapshot, statistics.
 pub use ferroprof_alloc as alloc;
+
+pub mod pprof;
