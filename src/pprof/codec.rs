@@ -278,9 +278,10 @@ mod tests {
         }
         // A gzip bomb is cut off at the limit.
         let zeros = {
-            let mut p = Profile::default();
-            p.string_table = vec![String::new(), "x".repeat(1 << 20)];
-            encode(&p)
+            encode(&Profile {
+                string_table: vec![String::new(), "x".repeat(1 << 20)],
+                ..Profile::default()
+            })
         };
         assert!(matches!(
             decode_with_limit(&zeros, 1 << 16),
