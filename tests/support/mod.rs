@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests. A test file takes them with
+//! `mod support;` and uses, say, `support::pprof_tools::check`; a new helper
+//! goes in its own file here, declared below.
+
+pub mod pprof_tools;
