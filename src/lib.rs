@@ -21,4 +21,5 @@ pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 /// The sampling allocator's own API: interval, snapshot, statistics.
 pub use ferroprof_alloc as alloc;
 
+pub mod heap;
 pub mod pprof;
