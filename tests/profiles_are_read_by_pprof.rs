@@ -23,6 +23,9 @@ fn line(function: &'static str, line: i64) -> FrameLine<'static> {
     }
 }
 
+/// A frame: its address and inline chain.
+type Frame<'a> = (u64, &'a [FrameLine<'a>]);
+
 /// Three stacks over a mapping, inline chains and a synthetic root frame,
 /// with cumulative values scaled by `k`.
 fn heap_like(k: i64, order: &[usize]) -> Profile {
@@ -47,7 +50,7 @@ fn heap_like(k: i64, order: &[usize]) -> Profile {
         has_lines: true,
         has_inline_frames: true,
     });
-    let stacks: [(&[(u64, &[FrameLine])], i64); 3] = [
+    let stacks: [(&[Frame], i64); 3] = [
         (
             &[
                 (
