@@ -1,15 +1,16 @@
-//! The sampling allocator on its own: three allocation sites with known
-//! sizes, then the estimated in-use and allocated bytes per site, next to the
-//! truth, from one `ferroprof::alloc::snapshot()`.
+//! The heap profile on its own: three allocation sites with known sizes, a
+//! heap profile of them written to `profiles/heap.pprof` (any pprof viewer
+//! reads it), and per site the estimated in-use and allocated bytes read
+//! from that profile, next to the truth.
 //!
 //! ```sh
 //! cargo run --release --example heap_top
 //! ```
-//!
-//! Symbols are resolved here with the `backtrace` crate only to make the
-//! output readable; ferroprof's own symbolizer arrives with the pprof export.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use ferroprof::pprof::{Profile, Symbolizer};
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator =
@@ -52,21 +53,37 @@ const SITES: [&str; 3] = [
     "churn_tiny_blocks",
 ];
 
-/// The first of our sites on the stack, if any.
-fn site_of(frames: &[u64]) -> Option<&'static str> {
-    let mut found = None;
-    for &f in frames {
-        backtrace::resolve((f - 1) as *mut std::ffi::c_void, |s| {
-            if found.is_none() {
-                let name = s.name().map(|n| n.to_string()).unwrap_or_default();
-                found = SITES.iter().find(|site| name.contains(*site)).copied();
-            }
-        });
-        if found.is_some() {
-            break;
+/// In-use and allocated bytes per site: the samples whose stack has the
+/// site's function on it.
+fn per_site(profile: &Profile) -> BTreeMap<&'static str, (i64, i64)> {
+    let inuse = profile
+        .sample_type_index("inuse_space")
+        .expect("a heap profile");
+    let alloc = profile
+        .sample_type_index("alloc_space")
+        .expect("a heap profile");
+    let function_name = |id: u64| {
+        let f = profile.function.iter().find(|f| f.id == id);
+        profile.str(f.map_or(0, |f| f.name))
+    };
+    let mut out: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for sample in &profile.sample {
+        let names: Vec<&str> = sample
+            .location_id
+            .iter()
+            .filter_map(|id| profile.location.iter().find(|l| l.id == *id))
+            .flat_map(|l| l.line.iter().map(|line| function_name(line.function_id)))
+            .collect();
+        if let Some(site) = SITES
+            .iter()
+            .find(|site| names.iter().any(|n| n.contains(*site)))
+        {
+            let e = out.entry(site).or_default();
+            e.0 += sample.value[inuse];
+            e.1 += sample.value[alloc];
         }
     }
-    found
+    out
 }
 
 fn main() {
@@ -76,15 +93,16 @@ fn main() {
     let large = large_buffers();
     let churned = churn_tiny_blocks();
     let snap = ferroprof::alloc::snapshot();
-
-    let mut per_site: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for s in &snap.stacks {
-        if let Some(site) = site_of(&s.frames) {
-            let e = per_site.entry(site).or_default();
-            e.0 += s.inuse_bytes;
-            e.1 += s.alloc_bytes;
-        }
-    }
+    let profile = ferroprof::heap::build(
+        &snap,
+        &mut Symbolizer::default(),
+        SystemTime::now(),
+        Duration::ZERO,
+    );
+    std::fs::create_dir_all("profiles").expect("creating ./profiles");
+    let path = std::path::Path::new("profiles/heap.pprof");
+    std::fs::write(path, ferroprof::pprof::encode(&profile)).expect("writing the profile");
+    let per_site = per_site(&profile);
     // Each site also keeps its outer vector of 24-byte `Vec` headers.
     let small_true = (64u64 << 20) + 64 * 1024 * 24;
     let large_true = (32u64 << 20) + 256 * 24;
@@ -105,9 +123,9 @@ fn main() {
         let (ei, ea) = per_site.get(site).copied().unwrap_or_default();
         println!(
             "{site:<24} {:>11.1} MiB {:>11.1} MiB {:>11.1} MiB {:>11.1} MiB",
-            mib(ei),
+            mib(ei as u64),
             mib(inuse),
-            mib(ea),
+            mib(ea as u64),
             mib(alloc)
         );
     }
@@ -120,6 +138,14 @@ fn main() {
         st.stack_capacity,
         st.dropped,
         mib(st.table_bytes)
+    );
+    println!(
+        "wrote {} ({} samples, {} functions); read it with any pprof viewer, \
+         e.g. `pprof -top -sample_index=inuse_space {}`",
+        path.display(),
+        profile.sample.len(),
+        profile.function.len(),
+        path.display()
     );
     std::hint::black_box((small, large, churned));
 }
