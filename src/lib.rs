@@ -1,13 +1,28 @@
 //! ferroprof: an in-process continuous profiler for Rust services.
 //!
 //! This crate is being built issue by issue; today it provides the sampling
-//! allocator. Install it as your global allocator, behind a feature of your
-//! own:
+//! allocator and the heap profile built from it (pprof, symbolized, with
+//! deltas). Install the allocator as your global allocator, behind a feature
+//! of your own:
 //!
 //! ```no_run
 //! #[cfg_attr(feature = "profiling", global_allocator)]
 //! static GLOBAL: ferroprof::SamplingAllocator =
 //!     ferroprof::SamplingAllocator::new(ferroprof::Jemalloc);
+//! ```
+//!
+//! Once per period, [`heap::HeapProfiler::collect`] turns what it sampled
+//! into a pprof heap profile (the change in allocations since the last
+//! period, the in-use heap now) and [`pprof::encode`] into the bytes pprof
+//! and Datadog read:
+//!
+//! ```no_run
+//! let mut heap = ferroprof::heap::HeapProfiler::new();
+//! let mut symbols = ferroprof::pprof::Symbolizer::default();
+//! // ... one period later:
+//! let bytes = ferroprof::pprof::encode(&heap.collect(&mut symbols));
+//! std::fs::write("heap.pprof", bytes)?;
+//! # Ok::<(), std::io::Error>(())
 //! ```
 //!
 //! # Feature flags
