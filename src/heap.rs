@@ -23,12 +23,13 @@
 //!   stack `[ferroprof: stack table full]`; samples the sampler could not
 //!   record at all are counted in the profile's comments.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferroprof_alloc::HeapSnapshot;
 
-use crate::pprof::{self, FrameLine, MappingInfo, Profile, ProfileBuilder, Symbolizer};
+use crate::pprof::fasthash::IntMap;
+use crate::pprof::{self, MappingInfo, Profile, ProfileBuilder, SymbolFrame, Symbolizer};
 
 /// The heap profile's sample types, in order.
 pub const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -136,7 +137,7 @@ pub fn build(
             }
             locations
         };
-        b.sample(&locations, &values, &[]);
+        b.sample_vec(locations, &values, &[]);
     }
     symbolizer.end_batch();
     b.build()
@@ -148,8 +149,13 @@ pub fn build(
 struct StackBuilder {
     /// Return address -> its location id, and whether it is allocator
     /// machinery.
-    seen: HashMap<u64, (u64, bool)>,
-    mappings: HashMap<u64, u64>,
+    seen: IntMap<u64, (u64, bool)>,
+    /// Mapping start -> mapping id.
+    mappings: IntMap<u64, u64>,
+    /// The symbolizer's interned names (pointers, stable while it holds
+    /// them, which is at least until `end_batch`) -> function id. Saves
+    /// hashing the same strings again for every address of a function.
+    functions: IntMap<(usize, usize, usize), u64>,
 }
 
 impl StackBuilder {
@@ -203,18 +209,26 @@ impl StackBuilder {
             }),
             None => 0,
         };
-        let lines: Vec<FrameLine<'_>> = symbol
-            .frames
-            .iter()
-            .map(|f| FrameLine {
-                function: &f.function,
-                system_name: &f.system_name,
-                file: &f.file,
-                line: i64::from(f.line),
-            })
-            .collect();
-        (b.location(mapping_id, address, &lines), machinery)
+        let functions = &mut self.functions;
+        let lines = symbol.frames.iter().map(|f| {
+            let key = (ptr(&f.function), ptr(&f.system_name), ptr(&f.file));
+            let id = *functions.entry(key).or_insert_with(|| b_function(b, f));
+            (id, i64::from(f.line))
+        });
+        let lines: Vec<(u64, i64)> = lines.collect();
+        (
+            b.location_with_functions(mapping_id, address, lines),
+            machinery,
+        )
     }
+}
+
+fn ptr(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s).cast::<u8>() as usize
+}
+
+fn b_function(b: &mut ProfileBuilder, f: &SymbolFrame) -> u64 {
+    b.function(&f.function, &f.system_name, &f.file)
 }
 
 /// Frames of the allocator itself: ferroprof's code and the global

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use super::fasthash::IntMap;
+
 use super::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
 /// A label to attach to a sample: a key with a string or numeric value.
@@ -58,9 +60,9 @@ pub struct MappingInfo<'a> {
 pub struct ProfileBuilder {
     profile: Profile,
     strings: HashMap<String, i64>,
-    functions: HashMap<(i64, i64, i64), u64>,
-    mappings: HashMap<(u64, u64, u64, i64), u64>,
-    by_address: HashMap<(u64, u64), u64>,
+    functions: IntMap<(i64, i64, i64), u64>,
+    mappings: IntMap<(u64, u64, u64, i64), u64>,
+    by_address: IntMap<(u64, u64), u64>,
     synthetic: HashMap<Vec<Line>, u64>,
     line_buf: Vec<Line>,
     label_buf: Vec<Label>,
@@ -74,9 +76,9 @@ impl ProfileBuilder {
         let mut builder = ProfileBuilder {
             profile: Profile::default(),
             strings: HashMap::new(),
-            functions: HashMap::new(),
-            mappings: HashMap::new(),
-            by_address: HashMap::new(),
+            functions: IntMap::default(),
+            mappings: IntMap::default(),
+            by_address: IntMap::default(),
             synthetic: HashMap::new(),
             line_buf: Vec::new(),
             label_buf: Vec::new(),
@@ -227,6 +229,37 @@ impl ProfileBuilder {
         id
     }
 
+    /// Like [`location`](Self::location), with lines whose functions were
+    /// already added with [`function`](Self::function): `(function id, line)`,
+    /// innermost first. For callers that cache function ids themselves.
+    pub fn location_with_functions(
+        &mut self,
+        mapping_id: u64,
+        address: u64,
+        lines: impl IntoIterator<Item = (u64, i64)>,
+    ) -> u64 {
+        if let Some(id) = self.known_location(mapping_id, address) {
+            return id;
+        }
+        let id = self.profile.location.len() as u64 + 1;
+        self.profile.location.push(Location {
+            id,
+            mapping_id,
+            address,
+            line: lines
+                .into_iter()
+                .map(|(function_id, line)| Line {
+                    function_id,
+                    line,
+                    column: 0,
+                })
+                .collect(),
+            is_folded: false,
+        });
+        self.by_address.insert((mapping_id, address), id);
+        id
+    }
+
     /// A location for a frame that is not code: one line naming `what`, e.g.
     /// `[ferroprof: truncated stack]`.
     pub fn synthetic_location(&mut self, what: &str) -> u64 {
@@ -250,6 +283,20 @@ impl ProfileBuilder {
     /// If `values` does not have one value per sample type: that is a bug in
     /// the caller, not bad input.
     pub fn sample(&mut self, locations: &[u64], values: &[i64], labels: &[(&str, LabelValue<'_>)]) {
+        self.sample_vec(locations.to_vec(), values, labels);
+    }
+
+    /// [`sample`](Self::sample) taking the location ids by value (no copy).
+    ///
+    /// # Panics
+    ///
+    /// As [`sample`](Self::sample).
+    pub fn sample_vec(
+        &mut self,
+        locations: Vec<u64>,
+        values: &[i64],
+        labels: &[(&str, LabelValue<'_>)],
+    ) {
         assert_eq!(
             values.len(),
             self.profile.sample_type.len(),
@@ -279,7 +326,7 @@ impl ProfileBuilder {
             });
         }
         self.profile.sample.push(Sample {
-            location_id: locations.to_vec(),
+            location_id: locations,
             value: values.to_vec(),
             label: label_buf.clone(),
         });

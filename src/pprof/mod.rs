@@ -11,6 +11,7 @@
 mod builder;
 mod codec;
 mod delta;
+pub(crate) mod fasthash;
 mod proto;
 mod symbols;
 

@@ -27,12 +27,14 @@
 //! but the leaf of a CPU sample) that is the return address minus one, so it
 //! lands inside the call instruction and names the call's line.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::CStr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use addr2line::Loader;
+
+use super::fasthash::IntMap;
 
 /// How many addresses the cache keeps by default.
 pub const DEFAULT_CACHE_CAPACITY: usize = 1 << 16;
@@ -103,7 +105,7 @@ struct Entry {
 /// Resolves addresses; see the module docs.
 pub struct Symbolizer {
     modules: Vec<Module>,
-    cache: HashMap<u64, Entry>,
+    cache: IntMap<u64, Entry>,
     names: HashSet<Arc<str>>,
     capacity: usize,
     batch: u64,
@@ -133,7 +135,7 @@ impl Symbolizer {
     pub fn new(capacity: usize) -> Self {
         Symbolizer {
             modules: Vec::new(),
-            cache: HashMap::new(),
+            cache: IntMap::default(),
             names: HashSet::new(),
             capacity: capacity.max(1),
             batch: 1,
@@ -209,13 +211,15 @@ impl Symbolizer {
         let names = &mut self.names;
         let stats = &mut self.stats;
         let module = &mut self.modules[index];
-        let Some(mapping) = module.segment_of(address) else {
-            return unknown();
-        };
         let probe = address.wrapping_sub(module.bias);
+        // Open the module first: that is when its segments learn whether
+        // it has line tables.
         let frames = match module.dwarf(stats) {
             Some(loader) => symbolize(loader, probe, names),
             None => Vec::new(),
+        };
+        let Some(mapping) = module.segment_of(address) else {
+            return unknown();
         };
         Symbol {
             mapping: Some(mapping),
