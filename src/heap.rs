@@ -118,6 +118,7 @@ pub fn build(
     ));
 
     let mut stacks = StackBuilder::default();
+    stacks.resolve_all(&mut b, symbolizer, snapshot);
     for stack in &snapshot.stacks {
         let values = [
             round(stack.alloc_objects),
@@ -159,6 +160,30 @@ struct StackBuilder {
 }
 
 impl StackBuilder {
+    /// Resolves every distinct frame of the snapshot in address order:
+    /// DWARF is then read unit after unit, which is faster and lets the
+    /// symbolizer drop what it parsed as it goes (its memory bound).
+    fn resolve_all(
+        &mut self,
+        b: &mut ProfileBuilder,
+        symbolizer: &mut Symbolizer,
+        snapshot: &HeapSnapshot,
+    ) {
+        let mut distinct = IntMap::<u64, ()>::default();
+        for stack in &snapshot.stacks {
+            for &ret in &stack.frames {
+                distinct.insert(ret, ());
+            }
+        }
+        let mut distinct: Vec<u64> = distinct.into_keys().collect();
+        distinct.sort_unstable();
+        self.seen.reserve(distinct.len());
+        for ret in distinct {
+            let seen = self.resolve(b, symbolizer, ret);
+            self.seen.insert(ret, seen);
+        }
+    }
+
     fn locations(
         &mut self,
         b: &mut ProfileBuilder,

@@ -21,4 +21,5 @@ pub use delta::{Delta, DeltaStats};
 pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 pub use symbols::{
     MappingSegment, Symbol, SymbolFrame, Symbolizer, SymbolizerStats, DEFAULT_CACHE_CAPACITY,
+    REOPEN_AFTER,
 };

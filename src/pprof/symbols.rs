@@ -19,9 +19,11 @@
 //!   ([`Symbolizer::end_batch`]) the addresses not used in that batch are
 //!   evicted first. Function and file names are interned, so an address
 //!   costs a few pointers. The DWARF readers (`addr2line` contexts, which
-//!   grow as they parse) are dropped at the end of every batch, so their
-//!   memory lives only while new addresses are being resolved; a cold batch
-//!   pays for re-opening the modules it needs.
+//!   grow as they parse) are dropped at the end of every batch, and within
+//!   a batch after every [`REOPEN_AFTER`] lookups in one module, so their
+//!   memory is what that many lookups parse, not the whole debug info of a
+//!   large binary; callers that resolve many new addresses should do so in
+//!   address order so each compilation unit is parsed about once.
 //!
 //! Callers pass the address to look up: for a return address (every frame
 //! but the leaf of a CPU sample) that is the return address minus one, so it
@@ -38,6 +40,10 @@ use super::fasthash::IntMap;
 
 /// How many addresses the cache keeps by default.
 pub const DEFAULT_CACHE_CAPACITY: usize = 1 << 16;
+
+/// A module's DWARF reader is dropped and reopened after this many
+/// lookups, bounding what it holds parsed.
+pub const REOPEN_AFTER: u32 = 1024;
 
 /// One line of a symbolized address's inline chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,9 +186,7 @@ impl Symbolizer {
             self.names.retain(|n| Arc::strong_count(n) > 1);
         }
         for m in &mut self.modules {
-            if let Dwarf::Loaded(_) = m.dwarf {
-                m.dwarf = Dwarf::NotLoaded;
-            }
+            m.close();
         }
         self.batch += 1;
         self.scanned_in_batch = false;
@@ -218,6 +222,10 @@ impl Symbolizer {
             Some(loader) => symbolize(loader, probe, names),
             None => Vec::new(),
         };
+        module.lookups += 1;
+        if module.lookups >= REOPEN_AFTER {
+            module.close();
+        }
         let Some(mapping) = module.segment_of(address) else {
             return unknown();
         };
@@ -247,6 +255,7 @@ impl Symbolizer {
                 .find(|o| o.bias == m.bias && o.path == m.path)
             {
                 m.dwarf = std::mem::replace(&mut old.dwarf, Dwarf::NotLoaded);
+                m.lookups = old.lookups;
                 m.segments = std::mem::take(&mut old.segments);
             }
         }
@@ -350,9 +359,20 @@ struct Module {
     bias: u64,
     segments: Vec<Arc<MappingSegment>>,
     dwarf: Dwarf,
+    /// Lookups since `dwarf` was opened.
+    lookups: u32,
 }
 
 impl Module {
+    /// Drops the DWARF reader, if open (a module that could not be read
+    /// stays unreadable).
+    fn close(&mut self) {
+        if let Dwarf::Loaded(_) = self.dwarf {
+            self.dwarf = Dwarf::NotLoaded;
+        }
+        self.lookups = 0;
+    }
+
     fn segment_of(&self, address: u64) -> Option<Arc<MappingSegment>> {
         self.segments
             .iter()
@@ -435,6 +455,7 @@ fn loaded_modules() -> Vec<Module> {
                 bias: m.bias,
                 segments,
                 dwarf: Dwarf::NotLoaded,
+                lookups: 0,
             })
         })
         .collect()
