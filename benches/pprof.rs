@@ -56,7 +56,7 @@
 //! - `export/build_10k_x32`, `export/delta_10k_x32`, `export/encode_10k_x32`:
 //!   the three steps alone (what each returns is freed outside the clock).
 //! - `symbolize/cold_5000`: a new [`Symbolizer`] resolves the 5 000 pool
-//!   addresses and ends its batch; this includes reading the module list and
+//!   addresses in address order (as `heap::build` does) and ends its batch; this includes reading the module list and
 //!   opening this binary's symbols (`addr2line`'s loader), as the first batch
 //!   after start-up, or a batch of new addresses, pays them.
 //!
@@ -294,6 +294,9 @@ impl Rng {
 struct Fixture {
     /// [`POOL`] distinct return addresses in this binary's code.
     pool: Vec<u64>,
+    /// The same, in address order: how `heap::build` resolves new
+    /// addresses (DWARF is then read unit after unit).
+    sorted: Vec<u64>,
     snapshot: HeapSnapshot,
     /// The executable segment has DWARF line tables.
     has_lines: bool,
@@ -304,8 +307,11 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let (pool, has_lines) = address_pool();
         let snapshot = snapshot(&pool);
+        let mut sorted = pool.clone();
+        sorted.sort_unstable();
         Fixture {
             pool,
+            sorted,
             snapshot,
             has_lines,
         }
@@ -484,7 +490,7 @@ fn report_memory() {
     let probe = Probe::start();
     let mut symbolizer = Symbolizer::default();
     let start = Instant::now();
-    for &ret in &fx.pool {
+    for &ret in &fx.sorted {
         black_box(symbolizer.resolve(ret - 1));
     }
     let resolved = start.elapsed();
@@ -627,7 +633,7 @@ fn bench_symbolize(c: &mut Criterion) {
         b.iter_batched(
             Symbolizer::default,
             |mut s| {
-                for &ret in &fx.pool {
+                for &ret in &fx.sorted {
                     black_box(s.resolve(ret - 1));
                 }
                 s.end_batch();
