@@ -292,10 +292,9 @@ impl Rng {
 
 /// The pool of return addresses and the snapshot built from it.
 struct Fixture {
-    /// [`POOL`] distinct return addresses in this binary's code.
-    pool: Vec<u64>,
-    /// The same, in address order: how `heap::build` resolves new
-    /// addresses (DWARF is then read unit after unit).
+    /// [`POOL`] distinct return addresses in this binary's code, in
+    /// address order: how `heap::build` resolves new addresses (DWARF is
+    /// then read unit after unit).
     sorted: Vec<u64>,
     snapshot: HeapSnapshot,
     /// The executable segment has DWARF line tables.
@@ -310,7 +309,6 @@ fn fixture() -> &'static Fixture {
         let mut sorted = pool.clone();
         sorted.sort_unstable();
         Fixture {
-            pool,
             sorted,
             snapshot,
             has_lines,

@@ -89,7 +89,7 @@ fn symbols_read_dwarf_inline_chains() {
     let mapping = symbol.mapping.as_ref().unwrap();
     assert!(mapping.has_lines);
     assert!(!mapping.build_id.is_empty(), "{mapping:?}");
-    assert!(mapping.start <= ret - 1 && ret - 1 < mapping.limit);
+    assert!((mapping.start..mapping.limit).contains(&(ret - 1)));
     let chain: Vec<(&str, &str, u32)> = symbol
         .frames
         .iter()
