@@ -70,6 +70,13 @@ pub use tikv_jemallocator::Jemalloc;
 pub use global::{snapshot, stats, HeapSnapshot, StackSample, Stats};
 #[cfg(not(loom))]
 pub use sampler::DEFAULT_SAMPLE_INTERVAL;
+/// Stack walks from a signal handler, for the CPU profiler (Linux).
+#[cfg(all(
+    not(loom),
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub use unwind::signal;
 #[cfg(not(loom))]
 pub use unwind::{UnwindMode, DEFAULT_MAX_FRAMES, MAX_FRAMES_LIMIT};
 

@@ -265,6 +265,33 @@ pub(crate) fn cache_hint(pick: impl FnOnce() -> u8) -> u8 {
 }
 
 /// This thread's cached stack bounds, looked up once.
+/// This thread's stack bounds if already known (async-signal-safe).
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn cached_stack_bounds() -> Option<(usize, usize)> {
+    STATE.with(|s| (s.stack_hi.get() != 0).then(|| (s.stack_lo.get(), s.stack_hi.get())))
+}
+
+/// Caches this thread's stack bounds (async-signal-safe).
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn cache_stack_bounds(lo: usize, hi: usize) {
+    STATE.with(|s| {
+        s.stack_lo.set(lo);
+        s.stack_hi.set(hi);
+    })
+}
+
 pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
     STATE.with(|s| {
         if s.stack_hi.get() == 0 {

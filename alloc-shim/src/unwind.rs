@@ -16,7 +16,9 @@
 //! Both read only memory proven inside the current thread's stack
 //! (`[sp, stack top)`), so a broken chain ends the walk, never the process.
 //! This runs inside the allocator but not in a signal handler: allocation
-//! here is re-entrant (served unsampled) and the loader lock is fine.
+//! here is re-entrant (served unsampled) and the loader lock is fine. The
+//! CPU profiler's handler uses [`signal`] instead (Linux), which shares the
+//! walkers but neither allocates nor touches the loader.
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
@@ -64,6 +66,7 @@ cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))] {
         mod linux;
         pub(crate) use linux::{capture, thread_stack_bounds, SUPPORTED};
+        pub use linux::signal;
     } else {
         /// Stack capture is not implemented on this platform.
         pub(crate) const SUPPORTED: bool = false;

@@ -12,6 +12,8 @@ use framehop::{
 
 use super::UnwindMode;
 
+pub mod signal;
+
 /// Stack capture works here.
 pub(crate) const SUPPORTED: bool = true;
 
@@ -201,6 +203,22 @@ fn walk_dwarf(
         out.push(pc);
         return;
     };
+    with_cache(|caches| walk_dwarf_with(modules, caches, pc, sp, fp, lr, read, out));
+}
+
+/// The DWARF walk proper, with a module list and caches in hand: no
+/// allocation, no lock (shared with the signal-context walk).
+#[allow(clippy::too_many_arguments)]
+fn walk_dwarf_with(
+    modules: &Modules,
+    caches: &mut [Cache; BANKS],
+    pc: u64,
+    sp: u64,
+    fp: u64,
+    lr: u64,
+    read: impl Fn(u64) -> Result<u64, ()>,
+    out: &mut Out<'_>,
+) {
     #[cfg(target_arch = "x86_64")]
     let regs = {
         let _ = lr;
@@ -208,38 +226,36 @@ fn walk_dwarf(
     };
     #[cfg(target_arch = "aarch64")]
     let regs = UnwindRegsNative::new(lr, sp, fp);
-    with_cache(|caches| {
-        let mut read = |a| read(a);
-        let mut regs = regs;
-        let mut frame = FrameAddress::from_instruction_pointer(pc);
-        if !out.push(pc) {
-            return;
-        }
-        loop {
-            let cache = &mut caches[bank(frame.address_for_lookup())];
-            match modules
-                .unwinder
-                .unwind_frame(frame, &mut regs, cache, &mut read)
-            {
-                Ok(Some(ret)) => {
-                    let Some(next) = FrameAddress::from_return_address(ret) else {
-                        break;
-                    };
-                    if !out.push(ret) {
-                        break;
-                    }
-                    frame = next;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    if !modules.covers(frame.address()) {
-                        SUSPECT_STALE.store(true, Ordering::Relaxed);
-                    }
+    let mut read = |a| read(a);
+    let mut regs = regs;
+    let mut frame = FrameAddress::from_instruction_pointer(pc);
+    if !out.push(pc) {
+        return;
+    }
+    loop {
+        let cache = &mut caches[bank(frame.address_for_lookup())];
+        match modules
+            .unwinder
+            .unwind_frame(frame, &mut regs, cache, &mut read)
+        {
+            Ok(Some(ret)) => {
+                let Some(next) = FrameAddress::from_return_address(ret) else {
+                    break;
+                };
+                if !out.push(ret) {
                     break;
                 }
+                frame = next;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                if !modules.covers(frame.address()) {
+                    SUSPECT_STALE.store(true, Ordering::Relaxed);
+                }
+                break;
             }
         }
-    });
+    }
 }
 
 /// Which of a pool slot's caches serves `address`.
@@ -338,6 +354,13 @@ fn current_modules() -> *const Modules {
     // Release: pairs with the Acquire CAS above.
     REBUILDING.store(false, Ordering::Release);
     result
+}
+
+/// Publishes a fresh module list if the loader's counters moved since the
+/// last one (from an ordinary thread: this takes the loader's lock).
+fn refresh_modules() {
+    SUSPECT_STALE.store(true, Ordering::Relaxed);
+    let _ = current_modules();
 }
 
 /// Set when a walk ended at an address no known module covers.

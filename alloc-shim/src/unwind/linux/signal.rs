@@ -1,0 +1,368 @@
+//! Stack walks from a signal handler (the CPU profiler's SIGPROF).
+//!
+//! The allocator's walk may take the loader's lock (to rebuild the module
+//! list) and allocate (a fresh unwinder cache when the pool is busy): both
+//! are fine inside `malloc`, and both can deadlock or corrupt the heap
+//! inside a signal handler, which may have interrupted the loader or the
+//! allocator themselves. This walk does neither:
+//!
+//! - **Modules** are the list the allocator's walk or [`prepare`] last
+//!   published; the handler only loads the pointer (lists are never freed).
+//!   [`prepare`], called from an ordinary thread (the profiler's, every
+//!   period), rebuilds it when the loader's counters moved.
+//! - **Unwinder caches** come from a pool of their own, allocated by
+//!   [`prepare`] before any timer is armed, taken with a try-lock. A handler
+//!   that finds none free records the interrupted instruction alone
+//!   ([`SignalCapture::walked`] is false).
+//! - **Memory reads** stay inside `[sp, top)` of the stack the thread was
+//!   interrupted on. Its bounds come from the thread's cache (shared with
+//!   the allocator's walk), the alternate signal stack, or, the first time,
+//!   the line of `/proc/self/maps` that contains `sp`, read with `open` and
+//!   `read` into a buffer on the stack (both async-signal-safe) and cached
+//!   in the thread's state.
+//!
+//! Everything here is async-signal-safe: atomics, a const thread local
+//! without destructor, and the `open`/`read`/`close`/`sigaltstack`
+//! syscalls.
+
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use super::{walk_dwarf_with, walk_frame_pointers, Cache, Out, BANKS};
+use crate::unwind::UnwindMode;
+
+/// The registers a walk starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Registers {
+    /// The interrupted instruction.
+    pub pc: u64,
+    /// The stack pointer.
+    pub sp: u64,
+    /// The frame pointer (`rbp` / `x29`).
+    pub fp: u64,
+    /// The link register (`x30`; 0 on x86_64).
+    pub lr: u64,
+}
+
+impl Registers {
+    /// The registers saved in a signal handler's `ucontext_t`.
+    ///
+    /// # Safety
+    ///
+    /// `context` is the third argument of an `SA_SIGINFO` handler (a valid
+    /// `ucontext_t`) or null.
+    pub unsafe fn from_ucontext(context: *const libc::c_void) -> Option<Registers> {
+        // SAFETY: per the contract, a valid ucontext_t or null.
+        let uc = unsafe { context.cast::<libc::ucontext_t>().as_ref() }?;
+        #[cfg(target_arch = "x86_64")]
+        let regs = {
+            let g = &uc.uc_mcontext.gregs;
+            Registers {
+                pc: g[libc::REG_RIP as usize] as u64,
+                sp: g[libc::REG_RSP as usize] as u64,
+                fp: g[libc::REG_RBP as usize] as u64,
+                lr: 0,
+            }
+        };
+        #[cfg(target_arch = "aarch64")]
+        let regs = Registers {
+            pc: uc.uc_mcontext.pc,
+            sp: uc.uc_mcontext.sp,
+            fp: uc.uc_mcontext.regs[29],
+            lr: uc.uc_mcontext.regs[30],
+        };
+        Some(regs)
+    }
+}
+
+/// What [`capture`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalCapture {
+    /// Frames written, innermost first: the interrupted instruction, then
+    /// return addresses.
+    pub frames: usize,
+    /// The stack was deeper than the buffer.
+    pub truncated: bool,
+    /// The stack was walked. False when only the interrupted instruction
+    /// could be recorded: stack bounds unknown, no module list or no free
+    /// unwinder cache (see [`signal_stats`]).
+    pub walked: bool,
+}
+
+const POOL: usize = 8;
+
+struct Slot {
+    busy: AtomicBool,
+    cache: AtomicPtr<[Cache; BANKS]>,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE: Slot = Slot {
+    busy: AtomicBool::new(false),
+    cache: AtomicPtr::new(core::ptr::null_mut()),
+};
+static CACHES: [Slot; POOL] = [FREE; POOL];
+
+static NO_BOUNDS: AtomicU64 = AtomicU64::new(0);
+static NO_CACHE: AtomicU64 = AtomicU64::new(0);
+static NO_MODULES: AtomicU64 = AtomicU64::new(0);
+static MAPS_SCANS: AtomicU64 = AtomicU64::new(0);
+
+/// Why signal-context walks fell short, cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalStats {
+    /// The stack pointer was on no stack whose bounds could be found.
+    pub no_bounds: u64,
+    /// Every unwinder cache of the signal pool was in use.
+    pub no_cache: u64,
+    /// No module list had been published yet (DWARF mode).
+    pub no_modules: u64,
+    /// Reads of `/proc/self/maps` to learn a thread's stack bounds.
+    pub maps_scans: u64,
+}
+
+/// The counters.
+pub fn signal_stats() -> SignalStats {
+    SignalStats {
+        no_bounds: NO_BOUNDS.load(Ordering::Relaxed),
+        no_cache: NO_CACHE.load(Ordering::Relaxed),
+        no_modules: NO_MODULES.load(Ordering::Relaxed),
+        maps_scans: MAPS_SCANS.load(Ordering::Relaxed),
+    }
+}
+
+/// Makes signal-context walks possible and current: publishes a fresh
+/// module list if modules were loaded or unloaded since the last one, and
+/// allocates the signal pool's unwinder caches. Call it from an ordinary
+/// thread before arming timers, and then periodically (not from a handler).
+pub fn prepare() {
+    super::refresh_modules();
+    for slot in &CACHES {
+        // Acquire: pairs with the Release below and in `capture`, so the
+        // cache's previous user is done with it.
+        if slot
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            if slot.cache.load(Ordering::Relaxed).is_null() {
+                let cache = Box::into_raw(Box::new(super::new_banks()));
+                slot.cache.store(cache, Ordering::Relaxed);
+            }
+            // Release: publishes the cache to the next Acquire of `busy`.
+            slot.busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Walks the interrupted stack described by `regs` into `buf`.
+/// Async-signal-safe; see the module docs.
+pub fn capture(regs: &Registers, buf: &mut [u64]) -> SignalCapture {
+    let mut out = Out {
+        buf,
+        skip: 0,
+        n: 0,
+        truncated: false,
+    };
+    let bounds = stack_bounds(regs.sp as usize);
+    let walked = match bounds {
+        None => {
+            NO_BOUNDS.fetch_add(1, Ordering::Relaxed);
+            out.push(regs.pc);
+            false
+        }
+        Some((lo, hi)) => {
+            let read = move |addr: u64| -> Result<u64, ()> {
+                let a = addr as usize;
+                if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
+                    // SAFETY: `a` is 8-aligned and inside the interrupted
+                    // stack above its stack pointer: mapped and readable
+                    // (the interrupted code is suspended while we run).
+                    Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
+                } else {
+                    Err(())
+                }
+            };
+            match crate::unwind::mode() {
+                UnwindMode::FramePointers => {
+                    walk_frame_pointers(regs.pc, regs.fp, regs.lr, read, &mut out);
+                    true
+                }
+                UnwindMode::Dwarf => walk_dwarf_in_signal(regs, read, &mut out),
+            }
+        }
+    };
+    SignalCapture {
+        frames: out.n,
+        truncated: out.truncated,
+        walked,
+    }
+}
+
+fn walk_dwarf_in_signal(
+    regs: &Registers,
+    read: impl Fn(u64) -> Result<u64, ()>,
+    out: &mut Out<'_>,
+) -> bool {
+    // Acquire: pairs with the Release publication of the list.
+    let modules = super::MODULES.load(Ordering::Acquire);
+    // SAFETY: published module lists are never freed.
+    let Some(modules) = (unsafe { modules.as_ref() }) else {
+        NO_MODULES.fetch_add(1, Ordering::Relaxed);
+        out.push(regs.pc);
+        return false;
+    };
+    for slot in &CACHES {
+        // Acquire: pairs with the Release store of `busy = false`, so the
+        // previous user's writes to the cache are visible.
+        if slot
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let cache = slot.cache.load(Ordering::Relaxed);
+        // SAFETY: `busy` gives this handler exclusive use of the cache; it
+        // is never freed. Null when `prepare` has not run: then skip it.
+        if let Some(cache) = unsafe { cache.as_mut() } {
+            walk_dwarf_with(
+                modules, cache, regs.pc, regs.sp, regs.fp, regs.lr, &read, out,
+            );
+        }
+        // Release: see the Acquire above.
+        slot.busy.store(false, Ordering::Release);
+        if !cache.is_null() {
+            return true;
+        }
+    }
+    NO_CACHE.fetch_add(1, Ordering::Relaxed);
+    out.push(regs.pc);
+    false
+}
+
+/// `[sp, top)` of the stack `sp` is on, from the thread's cache, the
+/// alternate signal stack, or `/proc/self/maps` (then cached).
+fn stack_bounds(sp: usize) -> Option<(usize, usize)> {
+    if let Some((lo, hi)) = crate::sampler::cached_stack_bounds() {
+        if (lo..hi).contains(&sp) {
+            return Some((sp, hi));
+        }
+    }
+    // SAFETY: sigaltstack with a null new stack only reads the current one
+    // into a valid out-pointer; it is async-signal-safe.
+    let alt = unsafe {
+        let mut ss: libc::stack_t = core::mem::zeroed();
+        (libc::sigaltstack(core::ptr::null(), &mut ss) == 0).then_some(ss)
+    };
+    if let Some(alt) = alt {
+        let (lo, hi) = (alt.ss_sp as usize, alt.ss_sp as usize + alt.ss_size);
+        if alt.ss_flags & libc::SS_ONSTACK != 0 && (lo..hi).contains(&sp) {
+            return Some((sp, hi));
+        }
+    }
+    let (lo, hi) = mapping_containing(sp)?;
+    crate::sampler::cache_stack_bounds(lo, hi);
+    Some((sp, hi))
+}
+
+/// The readable mapping of `/proc/self/maps` that contains `addr`, read
+/// without allocating.
+fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
+    MAPS_SCANS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: a NUL-terminated path; open is async-signal-safe.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    let mut filled = 0;
+    let mut found = None;
+    'read: loop {
+        // SAFETY: reading into the unfilled tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[filled..].as_mut_ptr().cast(), buf.len() - filled) };
+        if n <= 0 {
+            break;
+        }
+        filled += n as usize;
+        // Every complete line in the buffer.
+        let mut start = 0;
+        while let Some(len) = buf[start..filled].iter().position(|&b| b == b'\n') {
+            if let Some(m) = parse_line(&buf[start..start + len]) {
+                if m.0 <= addr && addr < m.1 {
+                    found = m.2.then_some((m.0, m.1));
+                    break 'read;
+                }
+            }
+            start += len + 1;
+        }
+        if start == 0 && filled == buf.len() {
+            // A line longer than the buffer (a very long path): skip it.
+            filled = 0;
+            continue;
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+    }
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    found
+}
+
+/// `start-end perms ...` -> (start, end, readable and writable).
+fn parse_line(line: &[u8]) -> Option<(usize, usize, bool)> {
+    let dash = line.iter().position(|&b| b == b'-')?;
+    let space = dash + 1 + line[dash + 1..].iter().position(|&b| b == b' ')?;
+    let start = hex(&line[..dash])?;
+    let end = hex(&line[dash + 1..space])?;
+    let perms = line.get(space + 1..space + 3)?;
+    Some((start, end, perms == b"rw"))
+}
+
+fn hex(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |acc, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some(acc << 4 | v as usize)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_parse() {
+        assert_eq!(
+            parse_line(b"7ffd1c9e5000-7ffd1ca06000 rw-p 00000000 00:00 0   [stack]"),
+            Some((0x7ffd1c9e5000, 0x7ffd1ca06000, true))
+        );
+        assert_eq!(
+            parse_line(b"55d0c0a00000-55d0c0a01000 r-xp 00001000 08:01 42 /bin/x"),
+            Some((0x55d0c0a00000, 0x55d0c0a01000, false))
+        );
+        assert_eq!(parse_line(b"garbage"), None);
+        assert_eq!(parse_line(b"12-34"), None);
+    }
+
+    #[test]
+    fn the_mapping_of_a_local_is_this_stack() {
+        let local = 0u64;
+        let at = &local as *const u64 as usize;
+        let (lo, hi) = mapping_containing(at).expect("the stack is in /proc/self/maps");
+        assert!(lo <= at && at < hi);
+        let (plo, phi) = crate::unwind::thread_stack_bounds().unwrap();
+        // The mapping holds pthread's stack (and, above it, the thread's
+        // descriptor).
+        assert!(
+            lo <= plo.max(lo) && phi <= hi,
+            "{lo:x}-{hi:x} vs {plo:x}-{phi:x}"
+        );
+    }
+}
