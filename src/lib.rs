@@ -36,5 +36,10 @@ pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 /// The sampling allocator's own API: interval, snapshot, statistics.
 pub use ferroprof_alloc as alloc;
 
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub mod cpu;
 pub mod heap;
 pub mod pprof;
