@@ -57,9 +57,9 @@ impl Aggregator {
             walked,
         };
         *self.stacks.entry(key).or_insert(0) += weight;
-        if !self.names.contains_key(&tid) {
-            self.names.insert(tid, thread_name(tid).unwrap_or_default());
-        }
+        self.names
+            .entry(tid)
+            .or_insert_with(|| thread_name(tid).unwrap_or_default());
     }
 
     /// Distinct `(thread, stack)` pairs so far.
