@@ -3,8 +3,11 @@
 //! interrupted stack into a pre-allocated lock-free ring; once per period
 //! the profiler thread drains the ring into `cpu.pprof`.
 //!
-//! This is being built (issue 4): today it has the aggregation into pprof.
+//! This is being built (issue 4): today it has the timers and the
+//! aggregation into pprof.
 
 mod profile;
+mod timer;
 
 pub use profile::{Aggregator, DROPPED_FRAME, NOT_WALKED_FRAME, SAMPLE_TYPES, TRUNCATED_FRAME};
+pub use timer::{expirations, SyncStats, TimerError, TimerMode, Timers};
