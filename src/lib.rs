@@ -41,5 +41,6 @@ pub use ferroprof_alloc as alloc;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 pub mod cpu;
+#[cfg(not(loom))]
 pub mod heap;
 pub mod pprof;

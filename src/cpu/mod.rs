@@ -7,7 +7,12 @@
 //! aggregation into pprof.
 
 mod profile;
+mod ring;
 mod timer;
 
 pub use profile::{Aggregator, DROPPED_FRAME, NOT_WALKED_FRAME, SAMPLE_TYPES, TRUNCATED_FRAME};
+pub use ring::{
+    Record, Ring, Slot, DEFAULT_CAPACITY, FLAG_NOT_WALKED, FLAG_TRUNCATED, MAX_CAPACITY,
+    MAX_FRAMES, RESERVE_ATTEMPTS,
+};
 pub use timer::{expirations, SyncStats, TimerError, TimerMode, Timers};
