@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use ferroprof_alloc::HeapSnapshot;
 
 use crate::pprof::fasthash::IntMap;
-use crate::pprof::{self, MappingInfo, Profile, ProfileBuilder, SymbolFrame, Symbolizer};
+use crate::pprof::{self, Profile, ProfileBuilder, SymbolFrame, Symbolizer};
 
 /// The heap profile's sample types, in order.
 pub const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -118,6 +118,11 @@ pub fn build(
     ));
 
     let mut stacks = StackBuilder::default();
+    if let Some(main) = symbolizer.main_executable() {
+        stacks
+            .mappings
+            .insert(main.start, b.mapping(&main.mapping_info()));
+    }
     stacks.resolve_all(&mut b, symbolizer, snapshot);
     for stack in &snapshot.stacks {
         let values = [
@@ -220,18 +225,10 @@ impl StackBuilder {
         let symbol = symbolizer.resolve(address);
         let machinery = symbol.frames.iter().any(|f| is_machinery(&f.function));
         let mapping_id = match &symbol.mapping {
-            Some(m) => *self.mappings.entry(m.start).or_insert_with(|| {
-                b.mapping(&MappingInfo {
-                    memory_start: m.start,
-                    memory_limit: m.limit,
-                    file_offset: m.file_offset,
-                    filename: &m.path,
-                    build_id: &m.build_id,
-                    has_functions: true,
-                    has_lines: m.has_lines,
-                    has_inline_frames: m.has_lines,
-                })
-            }),
+            Some(m) => *self
+                .mappings
+                .entry(m.start)
+                .or_insert_with(|| b.mapping(&m.mapping_info())),
             None => 0,
         };
         let functions = &mut self.functions;

@@ -37,6 +37,7 @@ pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 pub use ferroprof_alloc as alloc;
 
 #[cfg(all(
+    not(loom),
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]

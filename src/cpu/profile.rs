@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crate::pprof::fasthash::IntMap;
-use crate::pprof::{LabelValue, MappingInfo, Profile, ProfileBuilder, Symbolizer};
+use crate::pprof::{LabelValue, Profile, ProfileBuilder, Symbolizer};
 
 /// The CPU profile's sample types, in order.
 pub const SAMPLE_TYPES: [(&str, &str); 2] = [("samples", "count"), ("cpu", "nanoseconds")];
@@ -97,6 +97,9 @@ impl Aggregator {
         });
         let mut locations: IntMap<u64, u64> = IntMap::default();
         let mut mappings: IntMap<u64, u64> = IntMap::default();
+        if let Some(main) = symbolizer.main_executable() {
+            mappings.insert(main.start, b.mapping(&main.mapping_info()));
+        }
         for (key, count) in &stacks {
             let mut ids = Vec::with_capacity(key.frames.len() + 2);
             for (i, &frame) in key.frames.iter().enumerate() {
@@ -148,18 +151,9 @@ fn location(
 ) -> u64 {
     let symbol = symbolizer.resolve(address);
     let mapping_id = match &symbol.mapping {
-        Some(m) => *mappings.entry(m.start).or_insert_with(|| {
-            b.mapping(&MappingInfo {
-                memory_start: m.start,
-                memory_limit: m.limit,
-                file_offset: m.file_offset,
-                filename: &m.path,
-                build_id: &m.build_id,
-                has_functions: true,
-                has_lines: m.has_lines,
-                has_inline_frames: m.has_lines,
-            })
-        }),
+        Some(m) => *mappings
+            .entry(m.start)
+            .or_insert_with(|| b.mapping(&m.mapping_info())),
         None => 0,
     };
     let lines: Vec<(u64, i64)> = symbol

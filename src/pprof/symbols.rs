@@ -36,6 +36,8 @@ use std::sync::Arc;
 
 use addr2line::Loader;
 
+use super::MappingInfo;
+
 use super::fasthash::IntMap;
 
 /// How many addresses the cache keeps by default.
@@ -83,6 +85,22 @@ pub struct MappingSegment {
     pub build_id: Arc<str>,
     /// The module has DWARF line tables (files, lines, inline chains).
     pub has_lines: bool,
+}
+
+impl MappingSegment {
+    /// This segment as a pprof mapping for [`ProfileBuilder::mapping`](super::ProfileBuilder::mapping).
+    pub fn mapping_info(&self) -> MappingInfo<'_> {
+        MappingInfo {
+            memory_start: self.start,
+            memory_limit: self.limit,
+            file_offset: self.file_offset,
+            filename: &self.path,
+            build_id: &self.build_id,
+            has_functions: true,
+            has_lines: self.has_lines,
+            has_inline_frames: self.has_lines,
+        }
+    }
 }
 
 /// Counters of the symbolizer's work, cumulative.
@@ -163,6 +181,15 @@ impl Symbolizer {
         let entry = self.cache.get_mut(&address).expect("inserted above");
         entry.used = batch;
         &entry.symbol
+    }
+
+    /// The main executable's first executable segment: declared first in a
+    /// profile, it is the mapping pprof names the profile after.
+    pub fn main_executable(&mut self) -> Option<Arc<MappingSegment>> {
+        if self.modules.is_empty() && !self.scanned_in_batch {
+            self.rescan();
+        }
+        self.modules.first()?.segments.first().cloned()
     }
 
     /// Ends a batch (one profile): evicts what is over capacity, least
