@@ -1,8 +1,9 @@
 //! ferroprof: an in-process continuous profiler for Rust services.
 //!
 //! This crate is being built issue by issue; today it provides the sampling
-//! allocator and the heap profile built from it (pprof, symbolized, with
-//! deltas). Install the allocator as your global allocator, behind a feature
+//! allocator, the heap profile built from it (pprof, symbolized, with
+//! deltas) and the CPU profiler's parts (per-thread CPU timers, an
+//! async-signal-safe `SIGPROF` handler, `cpu.pprof`). Install the allocator as your global allocator, behind a feature
 //! of your own:
 //!
 //! ```no_run
@@ -29,7 +30,8 @@
 //!
 //! - `heap` (default): [`SamplingAllocator`] samples allocations. Without it
 //!   it forwards every call to the inner allocator unchanged.
-//! - `cpu` (default): the SIGPROF CPU profiler (not yet built).
+//! - `cpu` (default): the SIGPROF CPU profiler, [`cpu::CpuProfiler`] (Linux
+//!   on x86_64 and aarch64; elsewhere the module is absent).
 
 pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 
@@ -37,6 +39,7 @@ pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 pub use ferroprof_alloc as alloc;
 
 #[cfg(all(
+    feature = "cpu",
     not(loom),
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")

@@ -12,6 +12,7 @@
 //! practice, far narrower than any misattribution (the two truths differ by
 //! 200 samples).
 #![cfg(all(
+    feature = "cpu",
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
