@@ -9,6 +9,7 @@ use std::hint::black_box;
 use ferroprof::heap::HeapProfiler;
 use ferroprof::pprof::{self, Symbolizer};
 use support::pprof_tools::{self, Report};
+use support::stats::within_5_sigma;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator =
@@ -39,16 +40,6 @@ fn period(profiler: &mut HeapProfiler, symbolizer: &mut Symbolizer, n: usize) ->
     pprof_tools::check(&path)
 }
 
-fn within_5_sigma(what: &str, estimate: i64, truth: u64) {
-    let sigma = ((INTERVAL * truth) as f64).sqrt();
-    let error = (estimate as f64 - truth as f64).abs();
-    assert!(
-        error <= 5.0 * sigma,
-        "{what}: estimated {estimate}, true {truth} ({:.1} sigma)",
-        error / sigma
-    );
-}
-
 #[test]
 fn heap_deltas_count_each_allocation_once() {
     ferroprof::alloc::set_sample_interval(INTERVAL);
@@ -63,11 +54,13 @@ fn heap_deltas_count_each_allocation_once() {
         "first period allocated",
         first.cum_of("keep_16mib_in_4kib_blocks", "alloc_space"),
         16 * MIB,
+        INTERVAL,
     );
     within_5_sigma(
         "first period in use",
         first.cum_of("keep_16mib_in_4kib_blocks", "inuse_space"),
         16 * MIB,
+        INTERVAL,
     );
 
     std::thread::spawn(churn_256mib_in_256b_blocks)
@@ -89,6 +82,7 @@ fn heap_deltas_count_each_allocation_once() {
         "second period churn",
         second.cum_of("churn_256mib_in_256b_blocks", "alloc_space"),
         256 * MIB,
+        INTERVAL,
     );
 
     drop(kept);

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use ferroprof::pprof::{self, Symbolizer};
 use support::pprof_tools;
+use support::stats::within_5_sigma;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator =
@@ -44,17 +45,6 @@ fn churn_1gib_in_64b_blocks() {
     for i in 0..(1 << 30) / 64 {
         drop(black_box(Box::new([i as u8; 64])));
     }
-}
-
-/// Asserts `estimate` is within five standard deviations of `truth`.
-fn within_5_sigma(what: &str, estimate: i64, truth: u64) {
-    let sigma = ((INTERVAL * truth) as f64).sqrt();
-    let error = (estimate as f64 - truth as f64).abs();
-    assert!(
-        error <= 5.0 * sigma,
-        "{what}: estimated {estimate}, true {truth}, off by {:.1} standard deviations",
-        error / sigma
-    );
 }
 
 #[test]
@@ -102,32 +92,47 @@ fn heap_profile_names_allocation_sites() {
         "in-use bytes of 1 KiB blocks",
         cum("keep_64mib_in_1kib_blocks", "inuse_space"),
         64 * MIB,
+        INTERVAL,
     );
     within_5_sigma(
         "allocated bytes of 1 KiB blocks",
         cum("keep_64mib_in_1kib_blocks", "alloc_space"),
         64 * MIB,
+        INTERVAL,
     );
     within_5_sigma(
         "in-use bytes of 128 KiB blocks",
         cum("keep_32mib_in_128kib_blocks", "inuse_space"),
         32 * MIB,
+        INTERVAL,
     );
     within_5_sigma(
         "allocated bytes of 128 KiB blocks",
         cum("keep_32mib_in_128kib_blocks", "alloc_space"),
         32 * MIB,
+        INTERVAL,
     );
     within_5_sigma(
         "allocated bytes of 64 B blocks",
         cum("churn_1gib_in_64b_blocks", "alloc_space"),
         1 << 30,
+        INTERVAL,
     );
     // Objects: the same estimate divided by the block size.
     let objects = cum("keep_64mib_in_1kib_blocks", "inuse_objects");
-    within_5_sigma("in-use 1 KiB objects (as bytes)", objects * 1024, 64 * MIB);
+    within_5_sigma(
+        "in-use 1 KiB objects (as bytes)",
+        objects * 1024,
+        64 * MIB,
+        INTERVAL,
+    );
     let objects = cum("churn_1gib_in_64b_blocks", "alloc_objects");
-    within_5_sigma("allocated 64 B objects (as bytes)", objects * 64, 1 << 30);
+    within_5_sigma(
+        "allocated 64 B objects (as bytes)",
+        objects * 64,
+        1 << 30,
+        INTERVAL,
+    );
     // Everything churned was freed: at most what the holders' last few
     // blocks could amount to (none of it is held).
     assert!(

@@ -3,3 +3,4 @@
 //! goes in its own file here, declared below.
 
 pub mod pprof_tools;
+pub mod stats;

@@ -25,9 +25,9 @@
 //! without destructor, and the `open`/`read`/`close`/`sigaltstack`
 //! syscalls.
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::{walk_dwarf_with, walk_frame_pointers, Cache, Out, BANKS};
+use super::{walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, POOL};
 use crate::unwind::UnwindMode;
 
 /// The registers a walk starts from.
@@ -88,19 +88,8 @@ pub struct SignalCapture {
     pub walked: bool,
 }
 
-const POOL: usize = 8;
-
-struct Slot {
-    busy: AtomicBool,
-    cache: AtomicPtr<[Cache; BANKS]>,
-}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const FREE: Slot = Slot {
-    busy: AtomicBool::new(false),
-    cache: AtomicPtr::new(core::ptr::null_mut()),
-};
-static CACHES: [Slot; POOL] = [FREE; POOL];
+/// The signal pool: slots like the allocator's, never lazily filled here.
+static CACHES: [CacheSlot; POOL] = [FREE_SLOT; POOL];
 
 static NO_BOUNDS: AtomicU64 = AtomicU64::new(0);
 static NO_CACHE: AtomicU64 = AtomicU64::new(0);
