@@ -27,7 +27,7 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// Why the handler could not be installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerError {
-    /// Another profiler's handler is installed in this process.
+    /// ferroprof's CPU profiler already runs in this process.
     AlreadyInstalled,
     /// `sigaction` failed with this errno.
     Sigaction(i32),
@@ -100,8 +100,16 @@ impl Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        // SAFETY: putting back the disposition `install` replaced.
-        unsafe { libc::sigaction(libc::SIGPROF, &self.previous, std::ptr::null_mut()) };
+        // SAFETY: setting SIG_IGN first discards every pending SIGPROF
+        // (POSIX), so one still pending on some thread cannot reach a
+        // default action that would end the process; then the disposition
+        // `install` replaced is put back.
+        unsafe {
+            let mut ignore: libc::sigaction = std::mem::zeroed();
+            ignore.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(libc::SIGPROF, &ignore, std::ptr::null_mut());
+            libc::sigaction(libc::SIGPROF, &self.previous, std::ptr::null_mut());
+        }
         // The ring stays published: it is 'static, and a handler still
         // running on another thread may be writing to it.
         // Release: pairs with the Acquire in `install`.

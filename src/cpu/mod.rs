@@ -89,10 +89,13 @@ impl CpuProfiler {
     /// keeping stacks of at most `depth` frames.
     pub fn start(hz: u32, depth: usize) -> Result<CpuProfiler, CpuError> {
         let ring = shared_ring();
-        // Samples left from an earlier profiler are not this one's.
+        // Installing first: it fails if a profiler runs, whose samples must
+        // not be touched.
+        let handler = Installed::install(ring, depth).map_err(CpuError::Handler)?;
+        // Samples left from an earlier profiler are not this one's (no timer
+        // is armed yet, so nothing new arrives meanwhile).
         ring.drain(|_| {});
         ring.take_dropped();
-        let handler = Installed::install(ring, depth).map_err(CpuError::Handler)?;
         let timers = Timers::new(hz).map_err(CpuError::Timer)?;
         Ok(CpuProfiler {
             timers: Some(timers),
@@ -113,6 +116,8 @@ impl CpuProfiler {
     /// Moves the ring's samples into this period's counts and arms timers
     /// for threads started since the last call.
     pub fn poll(&mut self) -> Result<SyncStats, CpuError> {
+        // Modules loaded or unloaded since become known to the handler.
+        ferroprof_alloc::signal::prepare();
         self.drain();
         match self.timers.as_mut() {
             Some(t) => t.sync().map_err(CpuError::Timer),
@@ -159,9 +164,9 @@ impl CpuProfiler {
             None => Ok(()),
         };
         if self.handler.is_some() {
-            // A signal already pending when the timers were disarmed still
-            // finds our handler rather than a default action that would end
-            // the process: wait two periods before restoring.
+            // Handlers still running on other threads finish before the
+            // disposition changes (pending signals are discarded by the
+            // restore itself).
             let period = Duration::from_nanos(2_000_000_000 / u64::from(self.hz.max(1)));
             std::thread::sleep(period.min(Duration::from_millis(50)));
             self.handler = None;

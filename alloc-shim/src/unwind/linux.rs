@@ -178,7 +178,12 @@ fn walk_frame_pointers(
     // Each frame record is [saved fp, return address] at fp (both arches).
     let mut last = 0;
     while fp > last {
-        let (Ok(next), Ok(ret)) = (read(fp), read(fp + 8)) else {
+        // `fp` may be anything (code without frame pointers uses the
+        // register freely): no arithmetic on it may overflow.
+        let Some(fp8) = fp.checked_add(8) else {
+            return;
+        };
+        let (Ok(next), Ok(ret)) = (read(fp), read(fp8)) else {
             return;
         };
         if ret == 0 || !out.push(ret) {

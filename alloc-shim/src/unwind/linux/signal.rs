@@ -249,14 +249,34 @@ fn stack_bounds(sp: usize) -> Option<(usize, usize)> {
             return Some((sp, hi));
         }
     }
-    let (lo, hi) = mapping_containing(sp)?;
-    crate::sampler::cache_stack_bounds(lo, hi);
-    Some((sp, hi))
+    let vma = mapping_containing(sp).filter(|v| v.rw)?;
+    // Cache it only when it is surely this thread's stack: the main
+    // thread's `[stack]`, or the mapping glibc put this thread's descriptor
+    // at the top of. A fiber's or coroutine's stack is used for this sample
+    // only.
+    // SAFETY: pthread_self reads the thread pointer; async-signal-safe.
+    let me = unsafe { libc::pthread_self() } as usize;
+    if vma.main_stack || vma.contains(me) {
+        crate::sampler::cache_stack_bounds(vma.start, vma.end);
+    }
+    Some((sp, vma.end))
 }
 
-/// The readable mapping of `/proc/self/maps` that contains `addr`, read
-/// without allocating.
-fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
+/// A mapping of `/proc/self/maps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Vma {
+    start: usize,
+    end: usize,
+    /// Readable and writable.
+    rw: bool,
+    /// Named `[stack]` (the main thread's stack).
+    main_stack: bool,
+}
+
+/// The line of `/proc/self/maps` whose range contains `addr`, read without
+/// allocating, through a small buffer (this runs on the interrupted
+/// thread's stack, which may be nearly full).
+fn mapping_containing(addr: usize) -> Option<Vma> {
     MAPS_SCANS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: a NUL-terminated path; open is async-signal-safe.
     let fd = unsafe {
@@ -268,8 +288,10 @@ fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
     if fd < 0 {
         return None;
     }
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 512];
     let mut filled = 0;
+    // Inside a line longer than the buffer, already judged by its start.
+    let mut skipping = false;
     let mut found = None;
     'read: loop {
         // SAFETY: reading into the unfilled tail of `buf`.
@@ -278,19 +300,28 @@ fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
             break;
         }
         filled += n as usize;
-        // Every complete line in the buffer.
         let mut start = 0;
         while let Some(len) = buf[start..filled].iter().position(|&b| b == b'\n') {
-            if let Some(m) = parse_line(&buf[start..start + len]) {
-                if m.0 <= addr && addr < m.1 {
-                    found = m.2.then_some((m.0, m.1));
+            if !skipping {
+                if let Some(vma) = parse_line(&buf[start..start + len]).filter(|v| v.contains(addr))
+                {
+                    found = Some(vma);
                     break 'read;
                 }
             }
+            skipping = false;
             start += len + 1;
         }
         if start == 0 && filled == buf.len() {
-            // A line longer than the buffer (a very long path): skip it.
+            // A line longer than the buffer (a long path): its range and
+            // permissions are at its start, in the buffer; skip the rest.
+            if !skipping {
+                if let Some(vma) = parse_line(&buf[..filled]).filter(|v| v.contains(addr)) {
+                    found = Some(vma);
+                    break;
+                }
+            }
+            skipping = true;
             filled = 0;
             continue;
         }
@@ -302,14 +333,25 @@ fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
     found
 }
 
-/// `start-end perms ...` -> (start, end, readable and writable).
-fn parse_line(line: &[u8]) -> Option<(usize, usize, bool)> {
+impl Vma {
+    fn contains(&self, addr: usize) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+}
+
+/// `start-end perms ... [name]` -> the mapping.
+fn parse_line(line: &[u8]) -> Option<Vma> {
     let dash = line.iter().position(|&b| b == b'-')?;
     let space = dash + 1 + line[dash + 1..].iter().position(|&b| b == b' ')?;
     let start = hex(&line[..dash])?;
     let end = hex(&line[dash + 1..space])?;
     let perms = line.get(space + 1..space + 3)?;
-    Some((start, end, perms == b"rw"))
+    Some(Vma {
+        start,
+        end,
+        rw: perms == b"rw",
+        main_stack: line.ends_with(b"[stack]"),
+    })
 }
 
 fn hex(digits: &[u8]) -> Option<usize> {
@@ -327,14 +369,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn garbage_frame_pointers_end_the_walk_without_overflow() {
+        let local = [0u64; 4];
+        let (lo, hi) = (local.as_ptr() as usize, local.as_ptr() as usize + 32);
+        let read = |a: u64| -> Result<u64, ()> {
+            let a = a as usize;
+            if a >= lo && a.checked_add(8).is_some_and(|e| e <= hi) && a % 8 == 0 {
+                Ok(local[(a - lo) / 8])
+            } else {
+                Err(())
+            }
+        };
+        for fp in [u64::MAX, u64::MAX - 3, u64::MAX - 7, 1, 0] {
+            let mut buf = [0u64; 8];
+            let mut out = Out {
+                buf: &mut buf,
+                skip: 0,
+                n: 0,
+                truncated: false,
+            };
+            walk_frame_pointers(0x1234, fp, 0, read, &mut out);
+            assert_eq!(out.n, 1, "only the pc for fp {fp:#x}");
+        }
+    }
+
+    #[test]
     fn maps_lines_parse() {
         assert_eq!(
             parse_line(b"7ffd1c9e5000-7ffd1ca06000 rw-p 00000000 00:00 0   [stack]"),
-            Some((0x7ffd1c9e5000, 0x7ffd1ca06000, true))
+            Some(Vma {
+                start: 0x7ffd1c9e5000,
+                end: 0x7ffd1ca06000,
+                rw: true,
+                main_stack: true
+            })
         );
         assert_eq!(
             parse_line(b"55d0c0a00000-55d0c0a01000 r-xp 00001000 08:01 42 /bin/x"),
-            Some((0x55d0c0a00000, 0x55d0c0a01000, false))
+            Some(Vma {
+                start: 0x55d0c0a00000,
+                end: 0x55d0c0a01000,
+                rw: false,
+                main_stack: false
+            })
         );
         assert_eq!(parse_line(b"garbage"), None);
         assert_eq!(parse_line(b"12-34"), None);
@@ -344,8 +421,15 @@ mod tests {
     fn the_mapping_of_a_local_is_this_stack() {
         let local = 0u64;
         let at = &local as *const u64 as usize;
-        let (lo, hi) = mapping_containing(at).expect("the stack is in /proc/self/maps");
-        assert!(lo <= at && at < hi);
+        let vma = mapping_containing(at).expect("the stack is in /proc/self/maps");
+        let (lo, hi) = (vma.start, vma.end);
+        assert!(vma.rw && lo <= at && at < hi);
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as usize;
+        assert!(
+            vma.contains(me),
+            "the thread descriptor tops the stack mapping"
+        );
         let (plo, phi) = crate::unwind::thread_stack_bounds().unwrap();
         // The mapping holds pthread's stack (and, above it, the thread's
         // descriptor).
