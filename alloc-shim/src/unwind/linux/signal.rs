@@ -374,7 +374,7 @@ mod tests {
         let (lo, hi) = (local.as_ptr() as usize, local.as_ptr() as usize + 32);
         let read = |a: u64| -> Result<u64, ()> {
             let a = a as usize;
-            if a >= lo && a.checked_add(8).is_some_and(|e| e <= hi) && a % 8 == 0 {
+            if a >= lo && a.checked_add(8).is_some_and(|e| e <= hi) && a.is_multiple_of(8) {
                 Ok(local[(a - lo) / 8])
             } else {
                 Err(())
