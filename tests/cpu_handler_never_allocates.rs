@@ -22,6 +22,8 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use ferroprof::cpu::CpuProfiler;
 use ferroprof::pprof::Symbolizer;
+use support::clocks::thread_cpu;
 
 /// The thread whose allocations are counted (0: none; no tid is 0).
 static WATCHED: AtomicI32 = AtomicI32::new(0);
@@ -79,16 +82,6 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const HZ: u32 = 1000;
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 /// Burns `cpu` of this thread's CPU time without allocating.
 #[inline(never)]

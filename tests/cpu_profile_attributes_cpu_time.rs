@@ -24,19 +24,10 @@ use std::time::Duration;
 
 use ferroprof::cpu::CpuProfiler;
 use ferroprof::pprof::{self, Symbolizer};
+use support::clocks::thread_cpu;
 use support::pprof_tools;
 
 const HZ: u32 = 100;
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 #[inline(never)]
 fn spin(rounds: u64, x: u64) -> u64 {

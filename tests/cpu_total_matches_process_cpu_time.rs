@@ -27,30 +27,14 @@ use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+mod support;
+
 use ferroprof::cpu::CpuProfiler;
 use ferroprof::pprof::Symbolizer;
+use support::clocks::{process_cpu, thread_cpu};
 
 const HZ: u32 = 100;
 const PERIOD_NS: f64 = 1e9 / HZ as f64;
-
-fn cpu_clock(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a valid out-pointer.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime({clock})");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn process_cpu() -> Duration {
-    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
-}
-
-fn thread_cpu() -> Duration {
-    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
-}
 
 #[inline(never)]
 fn spin(rounds: u64, x: u64) -> u64 {

@@ -2,5 +2,6 @@
 //! `mod support;` and uses, say, `support::pprof_tools::check`; a new helper
 //! goes in its own file here, declared below.
 
+pub mod clocks;
 pub mod pprof_tools;
 pub mod stats;
