@@ -23,13 +23,12 @@
 //!   stack `[ferroprof: stack table full]`; samples the sampler could not
 //!   record at all are counted in the profile's comments.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferroprof_alloc::HeapSnapshot;
 
 use crate::pprof::fasthash::IntMap;
-use crate::pprof::{self, Profile, ProfileBuilder, SymbolFrame, Symbolizer};
+use crate::pprof::{self, Locations, Profile, ProfileBuilder, Symbolizer};
 
 /// The heap profile's sample types, in order.
 pub const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -117,12 +116,7 @@ pub fn build(
         s.stack_capacity,
     ));
 
-    let mut stacks = StackBuilder::default();
-    if let Some(main) = symbolizer.main_executable() {
-        stacks
-            .mappings
-            .insert(main.start, b.mapping(&main.mapping_info()));
-    }
+    let mut stacks = StackBuilder::new(&mut b, symbolizer);
     stacks.resolve_all(&mut b, symbolizer, snapshot);
     for stack in &snapshot.stacks {
         let values = [
@@ -151,20 +145,21 @@ pub fn build(
 
 /// Turns return-address stacks into trimmed location ids, remembering each
 /// address's location for the rest of the profile.
-#[derive(Default)]
 struct StackBuilder {
     /// Return address -> its location id, and whether it is allocator
     /// machinery.
     seen: IntMap<u64, (u64, bool)>,
-    /// Mapping start -> mapping id.
-    mappings: IntMap<u64, u64>,
-    /// The symbolizer's interned names (pointers, stable while it holds
-    /// them, which is at least until `end_batch`) -> function id. Saves
-    /// hashing the same strings again for every address of a function.
-    functions: IntMap<(usize, usize, usize), u64>,
+    locations: Locations,
 }
 
 impl StackBuilder {
+    fn new(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer) -> Self {
+        StackBuilder {
+            seen: IntMap::default(),
+            locations: Locations::new(b, symbolizer),
+        }
+    }
+
     /// Resolves every distinct frame of the snapshot in address order:
     /// DWARF is then read unit after unit, which is faster and lets the
     /// symbolizer drop what it parsed as it goes (its memory bound).
@@ -221,36 +216,10 @@ impl StackBuilder {
         symbolizer: &mut Symbolizer,
         ret: u64,
     ) -> (u64, bool) {
-        let address = ret.saturating_sub(1);
-        let symbol = symbolizer.resolve(address);
+        let (id, symbol) = self.locations.resolve(b, symbolizer, ret.saturating_sub(1));
         let machinery = symbol.frames.iter().any(|f| is_machinery(&f.function));
-        let mapping_id = match &symbol.mapping {
-            Some(m) => *self
-                .mappings
-                .entry(m.start)
-                .or_insert_with(|| b.mapping(&m.mapping_info())),
-            None => 0,
-        };
-        let functions = &mut self.functions;
-        let lines = symbol.frames.iter().map(|f| {
-            let key = (ptr(&f.function), ptr(&f.system_name), ptr(&f.file));
-            let id = *functions.entry(key).or_insert_with(|| b_function(b, f));
-            (id, i64::from(f.line))
-        });
-        let lines: Vec<(u64, i64)> = lines.collect();
-        (
-            b.location_with_functions(mapping_id, address, lines),
-            machinery,
-        )
+        (id, machinery)
     }
-}
-
-fn ptr(s: &Arc<str>) -> usize {
-    Arc::as_ptr(s).cast::<u8>() as usize
-}
-
-fn b_function(b: &mut ProfileBuilder, f: &SymbolFrame) -> u64 {
-    b.function(&f.function, &f.system_name, &f.file)
 }
 
 /// Frames of the allocator itself: ferroprof's code and the global

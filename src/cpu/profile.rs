@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crate::pprof::fasthash::IntMap;
-use crate::pprof::{LabelValue, Profile, ProfileBuilder, Symbolizer};
+use crate::pprof::{LabelValue, Locations, Profile, ProfileBuilder, Symbolizer};
 
 /// The CPU profile's sample types, in order.
 pub const SAMPLE_TYPES: [(&str, &str); 2] = [("samples", "count"), ("cpu", "nanoseconds")];
@@ -96,10 +96,7 @@ impl Aggregator {
                 .then_with(|| a.0.frames.cmp(&b.0.frames))
         });
         let mut locations: IntMap<u64, u64> = IntMap::default();
-        let mut mappings: IntMap<u64, u64> = IntMap::default();
-        if let Some(main) = symbolizer.main_executable() {
-            mappings.insert(main.start, b.mapping(&main.mapping_info()));
-        }
+        let mut declared = Locations::new(&mut b, symbolizer);
         for (key, count) in &stacks {
             let mut ids = Vec::with_capacity(key.frames.len() + 2);
             for (i, &frame) in key.frames.iter().enumerate() {
@@ -111,7 +108,7 @@ impl Aggregator {
                 let id = match locations.get(&address) {
                     Some(&id) => id,
                     None => {
-                        let id = location(&mut b, symbolizer, &mut mappings, address);
+                        let (id, _) = declared.resolve(&mut b, symbolizer, address);
                         locations.insert(address, id);
                         id
                     }
@@ -141,32 +138,6 @@ impl Aggregator {
         self.names.clear();
         b.build()
     }
-}
-
-fn location(
-    b: &mut ProfileBuilder,
-    symbolizer: &mut Symbolizer,
-    mappings: &mut IntMap<u64, u64>,
-    address: u64,
-) -> u64 {
-    let symbol = symbolizer.resolve(address);
-    let mapping_id = match &symbol.mapping {
-        Some(m) => *mappings
-            .entry(m.start)
-            .or_insert_with(|| b.mapping(&m.mapping_info())),
-        None => 0,
-    };
-    let lines: Vec<(u64, i64)> = symbol
-        .frames
-        .iter()
-        .map(|f| {
-            (
-                b.function(&f.function, &f.system_name, &f.file),
-                i64::from(f.line),
-            )
-        })
-        .collect();
-    b.location_with_functions(mapping_id, address, lines)
 }
 
 /// A live thread's name, from `/proc/self/task/<tid>/comm`.

@@ -12,12 +12,14 @@ mod builder;
 mod codec;
 mod delta;
 pub(crate) mod fasthash;
+mod locations;
 mod proto;
 mod symbols;
 
 pub use builder::{FrameLine, LabelValue, MappingInfo, ProfileBuilder};
 pub use codec::{check, decode, decode_with_limit, encode, DecodeError, DEFAULT_DECODE_LIMIT};
 pub use delta::{Delta, DeltaStats};
+pub(crate) use locations::Locations;
 pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 pub use symbols::{
     MappingSegment, Symbol, SymbolFrame, Symbolizer, SymbolizerStats, DEFAULT_CACHE_CAPACITY,
