@@ -64,7 +64,6 @@ pub struct ProfileBuilder {
     mappings: IntMap<(u64, u64, u64, i64), u64>,
     by_address: IntMap<(u64, u64), u64>,
     synthetic: HashMap<Vec<Line>, u64>,
-    line_buf: Vec<Line>,
     label_buf: Vec<Label>,
 }
 
@@ -80,7 +79,6 @@ impl ProfileBuilder {
             mappings: IntMap::default(),
             by_address: IntMap::default(),
             synthetic: HashMap::new(),
-            line_buf: Vec::new(),
             label_buf: Vec::new(),
         };
         builder.string("");
@@ -196,36 +194,19 @@ impl ProfileBuilder {
                 return id;
             }
         }
-        let mut buf = std::mem::take(&mut self.line_buf);
-        buf.clear();
-        for l in lines {
-            let function_id = self.function(l.function, l.system_name, l.file);
-            buf.push(Line {
-                function_id,
-                line: l.line,
-                column: 0,
-            });
+        let lines: Vec<(u64, i64)> = lines
+            .iter()
+            .map(|l| (self.function(l.function, l.system_name, l.file), l.line))
+            .collect();
+        if address != 0 {
+            return self.location_with_functions(mapping_id, address, lines);
         }
-        if address == 0 {
-            if let Some(&id) = self.synthetic.get(&buf) {
-                self.line_buf = buf;
-                return id;
-            }
+        let line = to_lines(lines);
+        if let Some(&id) = self.synthetic.get(&line) {
+            return id;
         }
-        let id = self.profile.location.len() as u64 + 1;
-        self.profile.location.push(Location {
-            id,
-            mapping_id,
-            address,
-            line: buf.clone(),
-            is_folded: false,
-        });
-        if address == 0 {
-            self.synthetic.insert(buf.clone(), id);
-        } else {
-            self.by_address.insert((mapping_id, address), id);
-        }
-        self.line_buf = buf;
+        let id = self.push_location(mapping_id, address, line.clone());
+        self.synthetic.insert(line, id);
         id
     }
 
@@ -241,22 +222,20 @@ impl ProfileBuilder {
         if let Some(id) = self.known_location(mapping_id, address) {
             return id;
         }
+        let id = self.push_location(mapping_id, address, to_lines(lines));
+        self.by_address.insert((mapping_id, address), id);
+        id
+    }
+
+    fn push_location(&mut self, mapping_id: u64, address: u64, line: Vec<Line>) -> u64 {
         let id = self.profile.location.len() as u64 + 1;
         self.profile.location.push(Location {
             id,
             mapping_id,
             address,
-            line: lines
-                .into_iter()
-                .map(|(function_id, line)| Line {
-                    function_id,
-                    line,
-                    column: 0,
-                })
-                .collect(),
+            line,
             is_folded: false,
         });
-        self.by_address.insert((mapping_id, address), id);
         id
     }
 
@@ -347,6 +326,18 @@ impl ProfileBuilder {
     pub fn build(self) -> Profile {
         self.profile
     }
+}
+
+/// `(function id, line)` pairs as pprof lines.
+fn to_lines(lines: impl IntoIterator<Item = (u64, i64)>) -> Vec<Line> {
+    lines
+        .into_iter()
+        .map(|(function_id, line)| Line {
+            function_id,
+            line,
+            column: 0,
+        })
+        .collect()
 }
 
 #[cfg(test)]
