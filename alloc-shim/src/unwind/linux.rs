@@ -570,7 +570,14 @@ fn readable_stack(sp: usize) -> Option<(usize, usize)> {
             return Some((sp, hi));
         }
     }
-    // SAFETY: querying the current alternate stack into a valid out-pointer.
+    on_alt_stack(sp)
+}
+
+/// `[sp, top)` of the alternate signal stack, when a handler runs on it and
+/// `sp` is inside. Async-signal-safe (`sigaltstack` is a plain syscall).
+fn on_alt_stack(sp: usize) -> Option<(usize, usize)> {
+    // SAFETY: sigaltstack with a null new stack only reads the current one
+    // into a valid out-pointer.
     let alt = unsafe {
         let mut ss: libc::stack_t = core::mem::zeroed();
         (libc::sigaltstack(core::ptr::null(), &mut ss) == 0).then_some(ss)

@@ -27,7 +27,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::{walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, POOL};
+use super::{on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, POOL};
 use crate::unwind::UnwindMode;
 
 /// The registers a walk starts from.
@@ -237,17 +237,8 @@ fn stack_bounds(sp: usize) -> Option<(usize, usize)> {
             return Some((sp, hi));
         }
     }
-    // SAFETY: sigaltstack with a null new stack only reads the current one
-    // into a valid out-pointer; it is async-signal-safe.
-    let alt = unsafe {
-        let mut ss: libc::stack_t = core::mem::zeroed();
-        (libc::sigaltstack(core::ptr::null(), &mut ss) == 0).then_some(ss)
-    };
-    if let Some(alt) = alt {
-        let (lo, hi) = (alt.ss_sp as usize, alt.ss_sp as usize + alt.ss_size);
-        if alt.ss_flags & libc::SS_ONSTACK != 0 && (lo..hi).contains(&sp) {
-            return Some((sp, hi));
-        }
+    if let Some(bounds) = on_alt_stack(sp) {
+        return Some(bounds);
     }
     let vma = mapping_containing(sp).filter(|v| v.rw)?;
     // Cache it only when it is surely this thread's stack: the main
