@@ -24,22 +24,10 @@ use std::time::Duration;
 
 use ferroprof::cpu::CpuProfiler;
 use ferroprof::pprof::{self, Symbolizer};
-use support::clocks::thread_cpu;
+use support::clocks::{spin, thread_cpu};
 use support::pprof_tools;
 
 const HZ: u32 = 100;
-
-#[inline(never)]
-fn spin(rounds: u64, x: u64) -> u64 {
-    let mut x = x;
-    for _ in 0..rounds {
-        x = black_box(
-            x.wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407),
-        );
-    }
-    x
-}
 
 /// Burns `cpu` of this thread's CPU time; returns what it measured.
 fn burn(cpu: Duration) -> Duration {

@@ -31,22 +31,10 @@ mod support;
 
 use ferroprof::cpu::CpuProfiler;
 use ferroprof::pprof::Symbolizer;
-use support::clocks::{process_cpu, thread_cpu};
+use support::clocks::{process_cpu, spin, thread_cpu};
 
 const HZ: u32 = 100;
 const PERIOD_NS: f64 = 1e9 / HZ as f64;
-
-#[inline(never)]
-fn spin(rounds: u64, x: u64) -> u64 {
-    let mut x = x;
-    for _ in 0..rounds {
-        x = black_box(
-            x.wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407),
-        );
-    }
-    x
-}
 
 /// Waits for the profiler to be armed, then burns about 1 s of this
 /// thread's CPU time.

@@ -1,8 +1,10 @@
-//! CPU clocks: the truth the CPU profiler's tests compare against.
+//! CPU clocks, the truth the CPU profiler's tests compare against, and a
+//! way to spend CPU.
 
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+use std::hint::black_box;
 use std::time::Duration;
 
 /// The time `clock` says.
@@ -25,4 +27,17 @@ pub fn thread_cpu() -> Duration {
 /// CPU time of the whole process.
 pub fn process_cpu() -> Duration {
     cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// `rounds` steps of an LCG from `x`: CPU work the optimizer cannot remove.
+#[inline(never)]
+pub fn spin(rounds: u64, x: u64) -> u64 {
+    let mut x = x;
+    for _ in 0..rounds {
+        x = black_box(
+            x.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        );
+    }
+    x
 }
