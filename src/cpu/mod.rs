@@ -69,6 +69,7 @@ pub struct CpuProfiler {
     ring: &'static Ring,
     aggregator: Aggregator,
     dropped: u64,
+    dropped_total: u64,
     hz: u32,
     last: SystemTime,
 }
@@ -103,6 +104,7 @@ impl CpuProfiler {
             ring,
             aggregator: Aggregator::default(),
             dropped: 0,
+            dropped_total: 0,
             hz,
             last: SystemTime::now(),
         })
@@ -136,7 +138,15 @@ impl CpuProfiler {
                 u64::from(r.weight()),
             )
         });
-        self.dropped += self.ring.take_dropped();
+        let dropped = self.ring.take_dropped();
+        self.dropped += dropped;
+        self.dropped_total += dropped;
+    }
+
+    /// Samples dropped since `start` because the ring was full (each
+    /// period's also appear in its profile under [`DROPPED_FRAME`]).
+    pub fn dropped_samples(&self) -> u64 {
+        self.dropped_total
     }
 
     /// The period's profile (since `start` or the last `collect`).
