@@ -718,6 +718,178 @@ mod tests {
         }
     }
 
+    fn resolve_env(o: Options, vars: &[(&str, &str)]) -> Config {
+        let lookup = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        match resolve(o, &lookup) {
+            Ok(Resolved::Enabled(c)) => *c,
+            other => panic!("{vars:?}: {other:?}"),
+        }
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_agent_is_the_default_target() {
+        let c = resolve_env(Options::default(), &[]);
+        assert_eq!(
+            c.endpoint.url.as_str(),
+            "http://localhost:8126/profiling/v1/input"
+        );
+        assert!(c.endpoint.is_agent && c.endpoint.uds.is_none() && c.endpoint.api_key.is_none());
+        assert_eq!(c.period, DEFAULT_PERIOD);
+        assert_eq!(c.upload_timeout, DEFAULT_UPLOAD_TIMEOUT);
+        assert_eq!(c.heap_sample_size, 524_288);
+        assert_eq!(c.max_frames, 64);
+        assert!(c.delta && c.log_startup && c.cpu && c.heap);
+    }
+
+    #[test]
+    fn agent_host_port_and_url_choose_the_agent() {
+        let c = resolve_env(
+            Options::default(),
+            &[
+                ("DD_AGENT_HOST", "10.0.0.7"),
+                ("DD_TRACE_AGENT_PORT", "9126"),
+            ],
+        );
+        assert_eq!(
+            c.endpoint.url.as_str(),
+            "http://10.0.0.7:9126/profiling/v1/input"
+        );
+        let c = resolve_env(Options::default(), &[("DD_AGENT_HOST", "fd00::7")]);
+        assert_eq!(
+            c.endpoint.url.as_str(),
+            "http://[fd00::7]:8126/profiling/v1/input"
+        );
+        // The URL wins over host and port, and keeps its own path prefix.
+        let c = resolve_env(
+            Options::default(),
+            &[
+                ("DD_AGENT_HOST", "ignored"),
+                ("DD_TRACE_AGENT_URL", "https://agent.internal:8443/dd/"),
+            ],
+        );
+        assert_eq!(
+            c.endpoint.url.as_str(),
+            "https://agent.internal:8443/dd/profiling/v1/input"
+        );
+        let c = resolve_env(
+            Options::default(),
+            &[("DD_TRACE_AGENT_URL", "unix:///var/run/datadog/apm.socket")],
+        );
+        assert_eq!(
+            c.endpoint.uds.as_deref(),
+            Some(std::path::Path::new("/var/run/datadog/apm.socket"))
+        );
+        assert_eq!(
+            c.endpoint.url.as_str(),
+            "http://localhost/profiling/v1/input"
+        );
+        // The builder wins over the environment.
+        let o = Options {
+            agent_addr: Some("127.0.0.1:1234".into()),
+            ..Options::default()
+        };
+        let c = resolve_env(o, &[("DD_TRACE_AGENT_URL", "http://elsewhere:1")]);
+        assert_eq!(
+            c.endpoint.url.as_str(),
+            "http://127.0.0.1:1234/profiling/v1/input"
+        );
+    }
+
+    #[test]
+    fn agentless_goes_to_the_intake_of_the_site_with_the_key() {
+        let c = resolve_env(
+            Options::default(),
+            &[
+                ("DD_PROFILING_AGENTLESS", "true"),
+                ("DD_API_KEY", KEY),
+                ("DD_SITE", "datadoghq.eu"),
+            ],
+        );
+        assert_eq!(
+            c.endpoint.url.as_str(),
+            "https://intake.profile.datadoghq.eu/api/v2/profile"
+        );
+        assert_eq!(c.endpoint.api_key.as_ref().map(ApiKey::expose), Some(KEY));
+        assert!(c.endpoint.agentless && !c.endpoint.is_agent);
+        // An agent never gets the key, even when it is in the environment,
+        // and a malformed one there is only a warning.
+        let c = resolve_env(Options::default(), &[("DD_API_KEY", KEY)]);
+        assert!(c.endpoint.api_key.is_none());
+        let c = resolve_env(Options::default(), &[("DD_API_KEY", "nope")]);
+        assert!(c.endpoint.api_key.is_none());
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("DD_API_KEY") && !w.contains("nope")));
+        // An explicit URL wins over everything, and carries the key.
+        let c = resolve_env(
+            Options::default(),
+            &[
+                ("DD_PROFILING_AGENTLESS", "true"),
+                ("DD_API_KEY", KEY),
+                ("DD_PROFILING_URL", "http://127.0.0.1:9/x"),
+            ],
+        );
+        assert_eq!(c.endpoint.url.as_str(), "http://127.0.0.1:9/x");
+        assert!(c.endpoint.api_key.is_some() && !c.endpoint.is_agent);
+    }
+
+    #[test]
+    fn tags_merge_and_never_duplicate_built_in_keys() {
+        let o = Options {
+            tags: vec!["team:payments".into(), "host:spoofed".into()],
+            ..Options::default()
+        };
+        let c = resolve_env(
+            o,
+            &[(
+                "DD_TAGS",
+                "region:eu, env:staging version:9 service:other,zone:a",
+            )],
+        );
+        assert_eq!(c.tags, ["region:eu", "zone:a", "team:payments"]);
+        // env and version from DD_TAGS fill in what DD_ENV / DD_VERSION do not.
+        assert_eq!(c.env.as_deref(), Some("staging"));
+        assert_eq!(c.version.as_deref(), Some("9"));
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        let c = resolve_env(
+            Options::default(),
+            &[("DD_TAGS", "env:staging"), ("DD_ENV", "prod")],
+        );
+        assert_eq!(c.env.as_deref(), Some("prod"));
+        assert!(c.tags.is_empty());
+    }
+
+    #[test]
+    fn the_builder_wins_over_the_environment_over_the_defaults() {
+        let o = Options {
+            service: Some("from-builder".into()),
+            upload_timeout: Some(Duration::from_secs(3)),
+            ..Options::default()
+        };
+        let c = resolve_env(
+            o,
+            &[
+                ("DD_SERVICE", "from-env"),
+                ("DD_PROFILING_UPLOAD_TIMEOUT", "7s"),
+                ("DD_PROFILING_MAX_FRAMES", "32"),
+                ("DD_PROFILING_HEAP_SAMPLE_SIZE", "0"),
+                ("DD_PROFILING_DELTA", "false"),
+            ],
+        );
+        assert_eq!(c.service, "from-builder");
+        assert_eq!(c.upload_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_frames, 32);
+        assert_eq!(c.heap_sample_size, 0);
+        assert!(!c.delta);
+    }
+
     #[test]
     fn go_booleans_parse() {
         assert_eq!(parse_bool("True"), Some(true));
