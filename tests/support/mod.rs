@@ -5,3 +5,4 @@
 pub mod clocks;
 pub mod pprof_tools;
 pub mod stats;
+pub mod test_agent;
