@@ -1,37 +1,62 @@
 //! ferroprof: an in-process continuous profiler for Rust services.
 //!
-//! This crate is being built issue by issue; today it provides the sampling
-//! allocator, the heap profile built from it (pprof, symbolized, with
-//! deltas) and the CPU profiler's parts (per-thread CPU timers, an
-//! async-signal-safe `SIGPROF` handler, `cpu.pprof`). Install the allocator as your global allocator, behind a feature
-//! of your own:
+//! Swap in the sampling allocator, start the profiler, and every period
+//! (60 s) it collects a CPU profile (`cpu.pprof`), a heap and allocation
+//! profile (`delta-heap.pprof`) and jemalloc's statistics (`metrics.json`),
+//! and sends them to a Datadog agent (or the agentless intake), and/or
+//! writes them to a folder, in the format of Datadog's Go profiler.
+//!
+//! # Quick start
+//!
+//! Turn it on with a cargo feature of your own (`profiling = ["dep:ferroprof"]`):
 //!
 //! ```no_run
 //! #[cfg_attr(feature = "profiling", global_allocator)]
 //! static GLOBAL: ferroprof::SamplingAllocator =
 //!     ferroprof::SamplingAllocator::new(ferroprof::Jemalloc);
+//!
+//! fn main() -> Result<(), ferroprof::Error> {
+//!     let profiler = ferroprof::Profiler::builder()
+//!         .service("checkout")
+//!         .env("prod")
+//!         .version("1.4.2")
+//!         .tags(["team:payments"])
+//!         .start()?;
+//!     // ... the service runs ...
+//!     profiler.stop(); // sends the last, partial period; dropping does too
+//!     Ok(())
+//! }
 //! ```
 //!
-//! Once per period, [`heap::HeapProfiler::collect`] turns what it sampled
-//! into a pprof heap profile (the change in allocations since the last
-//! period, the in-use heap now) and [`pprof::encode`] into the bytes pprof
-//! and Datadog read:
+//! Every builder option has a `DD_*` environment variable (the builder
+//! wins, then the environment, then the default; see [`ProfilerBuilder`]).
+//! A malformed value is an [`Error`] from `start()` naming the variable and
+//! the value. `DD_PROFILING_ENABLED=false` makes `start()` a no-op. With no
+//! agent around, `DD_PROFILING_OUTPUT_DIR=profiles` (or
+//! [`ProfilerBuilder::output_dir`]) writes every batch to
+//! `profiles/<UTC time>/`, ready for `go tool pprof`.
 //!
-//! ```no_run
-//! let mut heap = ferroprof::heap::HeapProfiler::new();
-//! let mut symbols = ferroprof::pprof::Symbolizer::default();
-//! // ... one period later:
-//! let bytes = ferroprof::pprof::encode(&heap.collect(&mut symbols));
-//! std::fs::write("heap.pprof", bytes)?;
-//! # Ok::<(), std::io::Error>(())
-//! ```
+//! The profiler runs on its own thread, `ferroprof`, with its own
+//! current-thread tokio runtime: it works the same with or without tokio in
+//! the application. Uploads never block collection or the application: at
+//! most 5 batches wait, the oldest is dropped (and counted) when full.
+//! [`Profiler::stats`] and a [`StatsdClient`] report what it did and what it
+//! dropped.
+//!
+//! # The parts
+//!
+//! Each part is usable on its own: [`heap::HeapProfiler`] builds heap
+//! profiles from the allocator's samples, [`cpu::CpuProfiler`] runs the
+//! SIGPROF sampler, [`pprof`] encodes, decodes, symbolizes and computes
+//! deltas, [`metrics::RuntimeMetrics`] reads jemalloc's statistics.
 //!
 //! # Feature flags
 //!
 //! - `heap` (default): [`SamplingAllocator`] samples allocations. Without it
 //!   it forwards every call to the inner allocator unchanged.
 //! - `cpu` (default): the SIGPROF CPU profiler, [`cpu::CpuProfiler`] (Linux
-//!   on x86_64 and aarch64; elsewhere the module is absent).
+//!   on x86_64 and aarch64; elsewhere the module is absent and no CPU
+//!   profile is sent).
 
 pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 

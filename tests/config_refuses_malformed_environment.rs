@@ -37,13 +37,21 @@ fn assert_names(e: &Error, variable: &str, value: &str, reason: &str) {
         other => panic!("expected an Env error for {variable}, got {other:?}"),
     }
     let message = e.to_string();
-    assert!(message.starts_with(&format!("{variable}={value:?}")), "{message}");
+    assert!(
+        message.starts_with(&format!("{variable}={value:?}")),
+        "{message}"
+    );
 }
 
 #[test]
 fn upload_timeout_must_be_a_positive_duration() {
     let e = refused(&[("DD_PROFILING_UPLOAD_TIMEOUT", "banana")]);
-    assert_names(&e, "DD_PROFILING_UPLOAD_TIMEOUT", "banana", "is not a duration");
+    assert_names(
+        &e,
+        "DD_PROFILING_UPLOAD_TIMEOUT",
+        "banana",
+        "is not a duration",
+    );
     assert_eq!(
         e.to_string(),
         "DD_PROFILING_UPLOAD_TIMEOUT=\"banana\" is not a duration (like 10s or 1500ms)"
@@ -91,7 +99,12 @@ fn the_agent_host_must_be_a_host() {
 
 #[test]
 fn the_agent_url_must_be_http_https_or_unix() {
-    for bad in ["localhost:8126", "ftp://agent:21", "unix://relative.sock", "http://"] {
+    for bad in [
+        "localhost:8126",
+        "ftp://agent:21",
+        "unix://relative.sock",
+        "http://",
+    ] {
         let e = refused(&[("DD_TRACE_AGENT_URL", bad)]);
         assert_names(&e, "DD_TRACE_AGENT_URL", bad, "unix://");
     }
@@ -101,7 +114,12 @@ fn the_agent_url_must_be_http_https_or_unix() {
 fn the_profiling_url_must_be_http_or_https() {
     for bad in ["intake.example.com/api", "file:///tmp/x", "https://"] {
         let e = refused(&[("DD_PROFILING_URL", bad)]);
-        assert_names(&e, "DD_PROFILING_URL", bad, "is not an http:// or https:// URL");
+        assert_names(
+            &e,
+            "DD_PROFILING_URL",
+            bad,
+            "is not an http:// or https:// URL",
+        );
     }
 }
 
@@ -117,7 +135,12 @@ fn tags_must_be_key_value() {
 fn heap_sample_size_must_be_a_number_of_bytes() {
     for bad in ["512k", "-1", "lots", "1e6"] {
         let e = refused(&[("DD_PROFILING_HEAP_SAMPLE_SIZE", bad)]);
-        assert_names(&e, "DD_PROFILING_HEAP_SAMPLE_SIZE", bad, "is not a number of bytes");
+        assert_names(
+            &e,
+            "DD_PROFILING_HEAP_SAMPLE_SIZE",
+            bad,
+            "is not a number of bytes",
+        );
     }
 }
 
@@ -132,7 +155,11 @@ fn max_frames_must_be_within_the_limit() {
 #[test]
 fn the_site_must_be_a_site() {
     let key = ("DD_API_KEY", "0123456789abcdef0123456789abcdef");
-    for bad in ["datadoghq.com/evil", "user@datadoghq.com", "datadoghq.com:443"] {
+    for bad in [
+        "datadoghq.com/evil",
+        "user@datadoghq.com",
+        "datadoghq.com:443",
+    ] {
         let e = refused(&[("DD_PROFILING_AGENTLESS", "true"), key, ("DD_SITE", bad)]);
         assert_names(&e, "DD_SITE", bad, "is not a Datadog site");
     }
@@ -142,17 +169,30 @@ fn the_site_must_be_a_site() {
 fn agentless_needs_a_well_formed_api_key_and_never_shows_it() {
     let missing = refused(&[("DD_PROFILING_AGENTLESS", "true")]);
     assert!(
-        matches!(missing, Error::ApiKey { variable: "DD_API_KEY" }),
+        matches!(
+            missing,
+            Error::ApiKey {
+                variable: "DD_API_KEY"
+            }
+        ),
         "{missing:?}"
     );
     for bad in [
-        "0123456789ABCDEF0123456789ABCDEF", // uppercase
-        "0123456789abcdef",                 // short
+        "0123456789ABCDEF0123456789ABCDEF",  // uppercase
+        "0123456789abcdef",                  // short
         "0123456789abcdef0123456789abcdef0", // long
-        "0123456789abcdef0123456789abcde!", // punctuation
+        "0123456789abcdef0123456789abcde!",  // punctuation
     ] {
         let e = refused(&[("DD_PROFILING_AGENTLESS", "1"), ("DD_API_KEY", bad)]);
-        assert!(matches!(e, Error::ApiKey { variable: "DD_API_KEY" }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Error::ApiKey {
+                    variable: "DD_API_KEY"
+                }
+            ),
+            "{e:?}"
+        );
         for shown in [e.to_string(), format!("{e:?}")] {
             assert!(!shown.contains(bad), "the key leaked: {shown}");
             assert!(shown.contains("DD_API_KEY"), "{shown}");
@@ -165,7 +205,15 @@ fn agentless_needs_a_well_formed_api_key_and_never_shows_it() {
         .api_key(bad)
         .start_with_env(&|_| None)
         .expect_err("a malformed builder key");
-    assert!(matches!(e, Error::ApiKey { variable: "api_key" }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::ApiKey {
+                variable: "api_key"
+            }
+        ),
+        "{e:?}"
+    );
     assert!(!e.to_string().contains(bad) && !format!("{e:?}").contains(bad));
 }
 
@@ -177,13 +225,28 @@ fn builder_values_are_checked_too() {
     };
     let b = || Profiler::builder().log_startup(false);
     let none = &|_: &str| None;
-    assert_eq!(option(b().upload_timeout(Duration::ZERO).start_with_env(none)), "upload_timeout");
-    assert_eq!(option(b().period(Duration::from_millis(10)).start_with_env(none)), "period");
+    assert_eq!(
+        option(b().upload_timeout(Duration::ZERO).start_with_env(none)),
+        "upload_timeout"
+    );
+    assert_eq!(
+        option(b().period(Duration::from_millis(10)).start_with_env(none)),
+        "period"
+    );
     assert_eq!(option(b().max_frames(0).start_with_env(none)), "max_frames");
-    assert_eq!(option(b().max_frames(500).start_with_env(none)), "max_frames");
-    assert_eq!(option(b().cpu_profile_rate(0).start_with_env(none)), "cpu_profile_rate");
+    assert_eq!(
+        option(b().max_frames(500).start_with_env(none)),
+        "max_frames"
+    );
+    assert_eq!(
+        option(b().cpu_profile_rate(0).start_with_env(none)),
+        "cpu_profile_rate"
+    );
     assert_eq!(option(b().tags(["nocolon"]).start_with_env(none)), "tags");
-    assert_eq!(option(b().agent_addr("a b:1").start_with_env(none)), "agent_addr");
+    assert_eq!(
+        option(b().agent_addr("a b:1").start_with_env(none)),
+        "agent_addr"
+    );
     assert_eq!(option(b().url("nope").start_with_env(none)), "url");
     assert_eq!(
         option(
