@@ -381,7 +381,8 @@ pub(crate) fn resolve(
         .take()
         .unwrap_or_else(|| vec![ProfileType::Cpu, ProfileType::Heap, ProfileType::Metrics]);
     let cpu = types.contains(&ProfileType::Cpu);
-    let heap = types.contains(&ProfileType::Heap);
+    // A sample size of 0 turns heap sampling, and so the heap profile, off.
+    let heap = types.contains(&ProfileType::Heap) && heap_sample_size > 0;
     let cpu_profile_rate = o.cpu_profile_rate.unwrap_or(DEFAULT_CPU_PROFILE_RATE);
     if !(1..=MAX_CPU_PROFILE_RATE).contains(&cpu_profile_rate) {
         return Err(option_error(
@@ -887,6 +888,7 @@ mod tests {
         assert_eq!(c.upload_timeout, Duration::from_secs(3));
         assert_eq!(c.max_frames, 32);
         assert_eq!(c.heap_sample_size, 0);
+        assert!(!c.heap, "a sample size of 0 turns the heap profile off");
         assert!(!c.delta);
     }
 

@@ -63,12 +63,16 @@ pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 /// The sampling allocator's own API: interval, snapshot, statistics.
 pub use ferroprof_alloc as alloc;
 
+#[cfg(not(loom))]
 pub use config::ApiKey;
+#[cfg(not(loom))]
 pub use metrics::{SelfStats, StatsdClient};
+#[cfg(not(loom))]
 pub use profiler::{Profiler, ProfilerBuilder};
 
 use std::fmt;
 
+#[cfg(not(loom))]
 pub mod config;
 // `build.rs` sets `ferroprof_cpu` for the `cpu` feature on Linux x86_64
 // and aarch64 (not under loom).
