@@ -76,6 +76,12 @@ pub(crate) struct Counters {
     cpu_samples_dropped: AtomicU64,
 }
 
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
 /// A counter: its field and its statsd name.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Counter {

@@ -293,12 +293,6 @@ impl std::fmt::Debug for RunningClaim {
     }
 }
 
-impl std::fmt::Debug for Counters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.snapshot().fmt(f)
-    }
-}
-
 impl Profiler {
     /// A builder with every option unset (environment, then defaults).
     pub fn builder() -> ProfilerBuilder {
@@ -321,6 +315,9 @@ impl Profiler {
 
     /// Sends the last, partial period (bounded by the upload timeout) and
     /// stops profiling; returns the final counters.
+    ///
+    /// This blocks for up to the upload timeout (plus one collection); from
+    /// async code, call it (or drop the profiler) in `spawn_blocking`.
     pub fn stop(mut self) -> SelfStats {
         self.shutdown()
     }

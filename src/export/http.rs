@@ -131,7 +131,14 @@ impl Uploader {
             }
             let batch = tokio::select! {
                 b = queue.pop() => b,
-                _ = stop.changed() => continue,
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        // The period loop is gone without a deadline (it
+                        // panicked): nobody waits for the queue any more.
+                        return;
+                    }
+                    continue;
+                }
             };
             self.upload(batch, &mut stop).await;
         }
