@@ -111,6 +111,7 @@ pub(crate) struct Options {
     pub heap_sample_size: Option<u64>,
     pub max_frames: Option<usize>,
     pub enabled: Option<bool>,
+    pub upload: Option<bool>,
 }
 
 impl fmt::Debug for Options {
@@ -137,6 +138,8 @@ impl fmt::Debug for Options {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub endpoint: Endpoint,
+    /// Upload at all (false: the output folder only).
+    pub upload: bool,
     pub http_client: Option<reqwest::Client>,
     pub delta: bool,
     pub service: String,
@@ -403,6 +406,7 @@ pub(crate) fn resolve(
     let endpoint = endpoint(&mut o, &env, &mut warnings)?;
     Ok(Resolved::Enabled(Box::new(Config {
         endpoint,
+        upload: o.upload.unwrap_or(true),
         http_client: o.http_client.take(),
         delta,
         service,

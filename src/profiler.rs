@@ -239,6 +239,14 @@ impl ProfilerBuilder {
         self
     }
 
+    /// Upload batches (default true). False: only the output folder gets
+    /// them (see [`output_dir`](Self::output_dir)), and no HTTP client is
+    /// built. Builder only; Datadog's profilers have no such variable.
+    pub fn upload(mut self, upload: bool) -> Self {
+        self.options.upload = Some(upload);
+        self
+    }
+
     /// Turns profiling on or off, over `DD_PROFILING_ENABLED` (default
     /// true). Off, `start()` returns a profiler that does nothing.
     pub fn enabled(mut self, enabled: bool) -> Self {
@@ -347,8 +355,13 @@ impl Profiler {
             0
         });
         let start_error = |what: &'static str| move |e| Error::Start { what, source: e };
-        let client = http::client(&config.endpoint, config.http_client.clone())
-            .map_err(start_error("HTTP client"))?;
+        let client = match config.upload {
+            true => Some(
+                http::client(&config.endpoint, config.http_client.clone())
+                    .map_err(start_error("HTTP client"))?,
+            ),
+            false => None,
+        };
         if let Some(dir) = &config.output_dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::Start {
                 what: "output folder",
@@ -373,14 +386,16 @@ impl Profiler {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = mpsc::channel();
-        let uploader = http::Uploader::new(
-            client,
-            config.endpoint.clone(),
-            config.upload_timeout,
-            config.period,
-            base_tags.clone(),
-            counters.clone(),
-        );
+        let uploader = client.map(|client| {
+            http::Uploader::new(
+                client,
+                config.endpoint.clone(),
+                config.upload_timeout,
+                config.period,
+                base_tags.clone(),
+                counters.clone(),
+            )
+        });
         let worker = Worker {
             queue: Arc::new(Queue::new(export::QUEUE_CAPACITY)),
             cpu,
@@ -470,7 +485,7 @@ fn startup_line(config: &Config, tags: &str) -> String {
         "service": config.service,
         "env": config.env.as_deref().unwrap_or(""),
         "version": config.version.as_deref().unwrap_or(""),
-        "target_url": config.endpoint.describe(),
+        "target_url": if config.upload { config.endpoint.describe() } else { "none (uploads off)".to_owned() },
         "agentless": config.endpoint.agentless,
         "tags": tags,
         "delta_profiles": config.delta,
@@ -568,9 +583,9 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, uploader: http::Uploader, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, uploader: Option<http::Uploader>, mut stop: watch::Receiver<bool>) {
         let (deadline_tx, deadline_rx) = watch::channel(None);
-        let upload_task = tokio::spawn(uploader.run(self.queue.clone(), deadline_rx));
+        let upload_task = uploader.map(|u| tokio::spawn(u.run(self.queue.clone(), deadline_rx)));
 
         let period = self.config.period;
         let mut next_period = Instant::now() + period;
@@ -623,8 +638,10 @@ impl Worker {
             }
         }
         let _ = deadline_tx.send(Some(Instant::now() + self.config.upload_timeout));
-        if let Err(e) = upload_task.await {
-            log::error!("ferroprof: the uploader failed: {e}");
+        if let Some(task) = upload_task {
+            if let Err(e) = task.await {
+                log::error!("ferroprof: the uploader failed: {e}");
+            }
         }
     }
 
@@ -731,6 +748,9 @@ impl Worker {
                     dir.display()
                 );
             }
+        }
+        if !self.config.upload {
+            return;
         }
         if let Some(dropped) = self.queue.push(batch) {
             self.counters.add(Counter::QueueFull, 1, &[]);

@@ -181,3 +181,25 @@ fn a_cpu_duration_shorter_than_the_period_samples_part_of_each_period() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn with_uploads_off_only_the_folder_gets_batches() {
+    let dir = fresh("no-upload");
+    let (folders, stats) = run_with(&dir, 1, |b| {
+        b.period(Duration::from_millis(300)).upload(false)
+    });
+    assert_eq!(folders.len() as u64, stats.batches);
+    assert!(stats.batches >= 2, "{stats:?}");
+    // Nothing was tried, so nothing failed or waited.
+    assert_eq!(
+        (
+            stats.upload_success,
+            stats.upload_error,
+            stats.upload_retry,
+            stats.queue_full
+        ),
+        (0, 0, 0, 0),
+        "{stats:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
