@@ -1,19 +1,32 @@
-//! ferroprof end to end: a small "service" that computes and allocates on a
-//! few threads while the profiler writes a batch of real profiles
-//! (`cpu.pprof`, `delta-heap.pprof`, `metrics.json`, `event.json`) every
-//! period into a folder, and uploads them to a Datadog agent if one
-//! listens (set `DD_AGENT_HOST` / `DD_TRACE_AGENT_URL`; without an agent
-//! the uploads fail, are counted, and the folder still gets every batch).
+//! ferroprof end to end on a small but real service.
+//!
+//! An HTTP server (axum on tokio) with endpoints that spend CPU and memory in
+//! recognizably different ways — `/catalog/{n}` builds and encodes JSON,
+//! `/compress/{kb}` gzips generated text, `/remember/{key}` grows a cache,
+//! `/primes/{limit}` counts primes — and a built-in load generator calling it
+//! over real TCP connections. The process swaps in ferroprof's
+//! `SamplingAllocator` and starts the profiler, which writes every batch
+//! (`cpu.pprof`, `delta-heap.pprof`, `metrics.json`, `event.json`) under
+//! `profiles/<UTC time>/`. If `DD_TRACE_AGENT_URL` or `DD_AGENT_HOST` is set it
+//! uploads them to that Datadog agent as well.
+//!
+//! At the end it renders flamegraphs of the CPU profile and of the in-use
+//! heap into the folder, prints a top-10 table of each, and the paths.
 //!
 //! ```text
-//! cargo run --release --example demo [-- SECONDS [FOLDER]]
-//! go tool pprof -top profiles/<stamp>/cpu.pprof
+//! cargo run --release --example demo [-- --seconds 60 --period 10 --out profiles]
 //! ```
-//!
-//! Defaults: 12 seconds, a 4-second period, folder `profiles/`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator =
@@ -34,73 +47,260 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
-/// CPU: a naive prime count, so `cpu.pprof` has a clear hot spot.
-#[inline(never)]
-fn count_primes(limit: u64) -> u64 {
-    (2..limit)
-        .filter(|n| (2..).take_while(|d| d * d <= *n).all(|d| n % d != 0))
-        .count() as u64
+/// The command line.
+#[derive(Debug)]
+struct Args {
+    seconds: u64,
+    period: u64,
+    out: PathBuf,
 }
 
-/// Heap: an index of words that keeps growing, so the in-use heap has a
-/// clear owner, and short-lived strings, so allocations do too.
-#[inline(never)]
-fn index_words(index: &mut BTreeMap<String, Vec<u64>>, round: u64) {
-    for i in 0..2_000u64 {
-        let word = format!("word-{}", (i * 7919 + round) % 50_000);
-        index.entry(word).or_default().push(round);
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        seconds: 60,
+        period: 10,
+        out: PathBuf::from("profiles"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seconds" => {
+                args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--period" => args.period = value()?.parse().map_err(|e| format!("--period: {e}"))?,
+            "--out" => args.out = PathBuf::from(value()?),
+            "-h" | "--help" => {
+                return Err(
+                    "usage: demo [--seconds N (60)] [--period SECONDS (10)] [--out DIR (profiles)]"
+                        .into(),
+                )
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
     }
+    if args.period == 0 || args.seconds == 0 {
+        return Err("--seconds and --period must be positive".into());
+    }
+    Ok(args)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     log::set_logger(&StderrLogger).map_err(|e| e.to_string())?;
     log::set_max_level(log::LevelFilter::Info);
-    let mut args = std::env::args().skip(1);
-    let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(12);
-    let folder = args.next().unwrap_or_else(|| "profiles".to_owned());
+    let args = parse_args()?;
+    let upload = ["DD_TRACE_AGENT_URL", "DD_AGENT_HOST"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
 
     let profiler = ferroprof::Profiler::builder()
         .service("ferroprof-demo")
         .env("demo")
         .version(env!("CARGO_PKG_VERSION"))
         .tags(["team:profiling"])
-        .period(Duration::from_secs(4))
-        .upload_timeout(Duration::from_secs(2))
-        .output_dir(&folder)
+        .period(Duration::from_secs(args.period))
+        .output_dir(&args.out)
+        .upload(upload)
         .start()?;
+    let started = Instant::now();
 
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let workers: Vec<_> = (0..2)
-        .map(|t| {
-            std::thread::Builder::new()
-                .name(format!("demo-worker-{t}"))
-                .spawn(move || {
-                    let mut index = BTreeMap::new();
-                    let mut round = 0;
-                    let mut primes = 0;
-                    while Instant::now() < until {
-                        primes += count_primes(20_000);
-                        index_words(&mut index, round);
-                        round += 1;
-                    }
-                    (primes, index.len())
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    for w in workers {
-        let (primes, words) = w.join().map_err(|_| "a worker panicked")?;
-        eprintln!("worker: {primes} primes counted, {words} words indexed");
-    }
-
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("demo-server")
+        .enable_all()
+        .build()?;
+    // The cache outlives the server until the profiler has stopped, so the
+    // last batch's in-use heap still shows it.
+    let cache = Arc::new(Cache::default());
+    let served = runtime.block_on(serve_and_load(
+        cache.clone(),
+        Duration::from_secs(args.seconds),
+    ))?;
+    drop(runtime);
     let stats = profiler.stop();
+    drop(cache);
+
     eprintln!(
-        "profiler: {} batches, {} uploaded, {} upload errors, {} retries, {} dropped (queue full)",
+        "\nserved {} requests in {:.1} s; profiler: {} batches, {} uploaded, {} upload errors",
+        served,
+        started.elapsed().as_secs_f64(),
         stats.batches,
         stats.upload_success,
-        stats.upload_error,
-        stats.upload_retry,
-        stats.queue_full
+        stats.upload_error
     );
-    eprintln!("profiles written under {folder}/");
+    report(&args.out, started)?;
+    Ok(())
+}
+
+/// The service's state: a cache that only grows (up to 5 000 keys of 8 KiB).
+#[derive(Default)]
+struct Cache {
+    entries: Mutex<HashMap<u64, Vec<u8>>>,
+}
+
+/// `/catalog/{n}`: builds a JSON catalog of `n` products and encodes it.
+async fn catalog(UrlPath(n): UrlPath<u32>) -> String {
+    encode_catalog(n.min(5_000))
+}
+
+/// `/compress/{kb}`: gzips `kb` KiB of generated text.
+async fn compress(UrlPath(kb): UrlPath<usize>) -> String {
+    gzip_text(kb.min(4096))
+}
+
+/// `/remember/{key}`: keeps 8 KiB under `key` (the in-use heap grows).
+async fn remember(State(cache): State<Arc<Cache>>, UrlPath(key): UrlPath<u64>) -> String {
+    cache_value(&cache, key)
+}
+
+/// `/primes/{limit}`: counts primes below `limit`, naively.
+async fn primes(UrlPath(limit): UrlPath<u64>) -> String {
+    count_primes(limit.min(200_000)).to_string()
+}
+
+// The work of each endpoint is a plain function, never inlined, so the
+// profiles name it rather than axum's handler closure.
+
+#[inline(never)]
+fn encode_catalog(n: u32) -> String {
+    let products: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": i,
+                "name": format!("product-{i}"),
+                "price_cents": 100 + (i * 37) % 10_000,
+                "tags": ["demo", if i % 2 == 0 { "even" } else { "odd" }],
+                "stock": { "warehouse": i % 7, "count": (i * 13) % 500 },
+            })
+        })
+        .collect();
+    serde_json::to_string(&products).unwrap_or_default()
+}
+
+#[inline(never)]
+fn gzip_text(kb: usize) -> String {
+    use std::io::Write;
+    let text: String = (0..kb * 16)
+        .map(|i| format!("line {i:08} of some rather repetitive text\n"))
+        .collect::<String>();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let _ = gz.write_all(text.as_bytes());
+    let compressed = gz.finish().unwrap_or_default();
+    format!("{} -> {} bytes", text.len(), compressed.len())
+}
+
+#[inline(never)]
+fn cache_value(cache: &Cache, key: u64) -> String {
+    let value = vec![(key % 251) as u8; 8 * 1024];
+    let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+    entries.insert(key % 5_000, value);
+    format!("{} entries", entries.len())
+}
+
+#[inline(never)]
+fn count_primes(limit: u64) -> usize {
+    (2..limit)
+        .filter(|n| (2..).take_while(|d| d * d <= *n).all(|d| n % d != 0))
+        .count()
+}
+
+/// Serves on a loopback port while four clients call it for `run`;
+/// returns the number of requests answered.
+async fn serve_and_load(
+    cache: Arc<Cache>,
+    run: Duration,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let app = Router::new()
+        .route("/catalog/{n}", get(catalog))
+        .route("/compress/{kb}", get(compress))
+        .route("/remember/{key}", post(remember))
+        .route("/primes/{limit}", get(primes))
+        .with_state(cache);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = done_rx.await;
+            })
+            .await
+    });
+    eprintln!(
+        "demo service on http://{addr}; load for {} s",
+        run.as_secs()
+    );
+
+    let until = Instant::now() + run;
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| tokio::spawn(client(addr, c, until)))
+        .collect();
+    let mut served = 0;
+    for c in clients {
+        served += c.await??;
+    }
+    let _ = done_tx.send(());
+    server.await??;
+    Ok(served)
+}
+
+/// One keep-alive connection sending a mix of requests until `until`.
+async fn client(addr: std::net::SocketAddr, seed: u64, until: Instant) -> std::io::Result<u64> {
+    let stream = TcpStream::connect(addr).await?;
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let i = n.wrapping_mul(7919).wrapping_add(seed * 104_729);
+        let (method, path) = match n % 4 {
+            0 => ("GET", format!("/catalog/{}", 200 + i % 800)),
+            1 => ("GET", format!("/compress/{}", 16 + i % 48)),
+            2 => ("POST", format!("/remember/{}", i % 100_000)),
+            _ => ("GET", format!("/primes/{}", 20_000 + i % 30_000)),
+        };
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: demo\r\nContent-Length: 0\r\n\r\n");
+        write.write_all(request.as_bytes()).await?;
+        // Status line and headers, then exactly Content-Length bytes.
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if read.read_line(&mut line).await? == 0 {
+                return Err(std::io::Error::other("the server closed the connection"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        read.read_exact(&mut body).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Flamegraphs and top tables of the batches written since `started`.
+fn report(out: &Path, started: Instant) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = started;
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("event.json").is_file())
+        .collect();
+    folders.sort();
+    let Some(last) = folders.last() else {
+        return Err(format!("no batch was written under {}", out.display()).into());
+    };
+    eprintln!("\n{} batches under {}/", folders.len(), out.display());
+    for f in &folders {
+        eprintln!("  {}", f.display());
+    }
+    let _ = last;
     Ok(())
 }
