@@ -14,7 +14,11 @@
 //!   `metrics.json` into one batch, writes it to the output folder and
 //!   queues it; a profile type that fails is logged and counted, the others
 //!   still go;
-//! - the **uploader** task posts queued batches (see `export::http`).
+//! - the **uploader** posts queued batches (see `export::http`) on a thread
+//!   of its own, `ferroprof-upload`, with its own current-thread runtime:
+//!   collection is synchronous work, and an answer arriving while it runs
+//!   must not wait behind it (reqwest would then see its timeout expire
+//!   first, and the batch would be sent twice).
 //!
 //! `stop()` (or dropping the [`Profiler`]) ends the loop: the last, partial
 //! period is collected, written and queued, the uploader gets the upload
@@ -585,7 +589,19 @@ struct Worker {
 impl Worker {
     async fn run(mut self, uploader: Option<http::Uploader>, mut stop: watch::Receiver<bool>) {
         let (deadline_tx, deadline_rx) = watch::channel(None);
-        let upload_task = uploader.map(|u| tokio::spawn(u.run(self.queue.clone(), deadline_rx)));
+        // The uploader gets a thread and runtime of its own: collection is
+        // synchronous work on this one, and an upload waiting behind it
+        // would see its answer only after its own timeout had expired.
+        let upload_thread =
+            match uploader.map(|u| spawn_uploader(u, self.queue.clone(), deadline_rx)) {
+                Some(Ok(thread)) => Some(thread),
+                Some(Err(e)) => {
+                    log::error!("ferroprof: no uploads: could not start the upload thread: {e}");
+                    self.config.upload = false;
+                    None
+                }
+                None => None,
+            };
 
         let period = self.config.period;
         let mut next_period = Instant::now() + period;
@@ -638,9 +654,9 @@ impl Worker {
             }
         }
         let _ = deadline_tx.send(Some(Instant::now() + self.config.upload_timeout));
-        if let Some(task) = upload_task {
-            if let Err(e) = task.await {
-                log::error!("ferroprof: the uploader failed: {e}");
+        if let Some(thread) = upload_thread {
+            if thread.join().is_err() {
+                log::error!("ferroprof: the upload thread panicked");
             }
         }
     }
@@ -804,6 +820,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// Starts the thread `ferroprof-upload`, which posts queued batches until
+/// `deadline` carries the stop deadline.
+fn spawn_uploader(
+    uploader: http::Uploader,
+    queue: Arc<Queue>,
+    deadline: watch::Receiver<Option<Instant>>,
+) -> std::io::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ferroprof-upload".to_owned())
+        .spawn(move || runtime.block_on(uploader.run(queue, deadline)))
 }
 
 /// Sleeps until `at`, or forever when `None`.

@@ -3,6 +3,7 @@
 //! goes in its own file here, declared below.
 
 pub mod clocks;
+pub mod fake_agent;
 pub mod pprof_tools;
 pub mod stats;
 pub mod test_agent;
