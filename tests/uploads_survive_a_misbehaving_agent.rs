@@ -473,14 +473,13 @@ fn a_working_agent_gets_every_batch_once() {
     let _turn = one_at_a_time();
     let agent = FakeAgent::start(Behaviour::Accept);
     let out = TempDir::new("accept");
-    // A long upload timeout: an upload in flight when a collection starts
-    // stalls until it ends, and in a debug build that can be seconds.
-    let upload_timeout = Duration::from_secs(30);
+    // Uploads run on their own thread, so a collection (seconds, in a
+    // debug build) never stalls one past its timeout.
     let run = run(
-        builder(&agent.agent_addr(), upload_timeout, PERIOD, out.path()),
+        builder(&agent.agent_addr(), UPLOAD_TIMEOUT, PERIOD, out.path()),
         RUN,
         |s| s.upload_success >= 1,
-        Ending::BetweenUploads,
+        Ending::AtOnce,
     );
     let stats = run.stats;
     assert!(
@@ -526,4 +525,49 @@ fn a_working_agent_gets_every_batch_once() {
             ["cpu.pprof", "delta-heap.pprof", "event", "metrics.json"]
         );
     }
+}
+
+/// Regression: uploads shared the collecting thread, so an answer that
+/// arrived during a collection was read only after reqwest's timeout had
+/// expired; the batch counted as failed, was retried, and reached the
+/// agent twice.
+#[test]
+fn an_answer_arriving_during_a_collection_counts_once() {
+    let _turn = one_at_a_time();
+    let agent = FakeAgent::start(Behaviour::AnswerAfter(Duration::from_millis(600)));
+    let out = TempDir::new("answer-during-collection");
+    let run = run(
+        builder(&agent.agent_addr(), UPLOAD_TIMEOUT, PERIOD, out.path()),
+        RUN,
+        |s| s.upload_success >= 2,
+        Ending::BetweenUploads,
+    );
+    let stats = run.stats;
+    assert_eq!(stats.upload_retry, 0, "{stats:?}");
+    assert_accounted(&run);
+    let mut seqs: Vec<String> = agent
+        .requests()
+        .iter()
+        .map(|r| {
+            let parts = r.parts();
+            let event = parts
+                .iter()
+                .find(|p| p.name == "event")
+                .expect("an event part");
+            let event: serde_json::Value = serde_json::from_slice(&event.body).expect("JSON");
+            let tags = event["tags_profiler"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            tags.rsplit(',').next().unwrap_or_default().to_owned()
+        })
+        .collect();
+    let sent = seqs.len();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        sent,
+        "a batch reached the agent twice: {seqs:?}"
+    );
 }
