@@ -829,12 +829,21 @@ fn spawn_uploader(
     queue: Arc<Queue>,
     deadline: watch::Receiver<Option<Instant>>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     std::thread::Builder::new()
         .name("ferroprof-upload".to_owned())
-        .spawn(move || runtime.block_on(uploader.run(queue, deadline)))
+        .spawn(move || {
+            // Built (and dropped) on this thread: a runtime must not be
+            // dropped inside another one's async context.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(uploader.run(queue, deadline)),
+                Err(e) => {
+                    log::error!("ferroprof: no uploads: no runtime for the upload thread: {e}")
+                }
+            }
+        })
 }
 
 /// Sleeps until `at`, or forever when `None`.
