@@ -57,6 +57,9 @@
 //! - `cpu` (default): the SIGPROF CPU profiler, [`cpu::CpuProfiler`] (Linux
 //!   on x86_64 and aarch64; elsewhere the module is absent and no CPU
 //!   profile is sent).
+//! - `cli` (off): [`view`], top tables and flamegraph SVGs of any pprof
+//!   file, and the `ferroprof` command (`ferroprof top FILE`,
+//!   `ferroprof flamegraph FILE -o out.svg`). A service does not need it.
 
 pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 
@@ -87,6 +90,8 @@ pub mod metrics;
 pub mod pprof;
 #[cfg(not(loom))]
 mod profiler;
+#[cfg(all(feature = "cli", not(loom)))]
+pub mod view;
 
 /// A kind of profile the profiler collects each period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
