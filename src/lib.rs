@@ -57,7 +57,7 @@
 //! - `cpu` (default): the SIGPROF CPU profiler, [`cpu::CpuProfiler`] (Linux
 //!   on x86_64 and aarch64; elsewhere the module is absent and no CPU
 //!   profile is sent).
-//! - `cli` (off): [`view`], top tables and flamegraph SVGs of any pprof
+//! - `cli` (off): `ferroprof::view`, top tables and flamegraph SVGs of any pprof
 //!   file, and the `ferroprof` command (`ferroprof top FILE`,
 //!   `ferroprof flamegraph FILE -o out.svg`). A service does not need it.
 
