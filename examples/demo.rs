@@ -128,7 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.upload_success,
         stats.upload_error
     );
-    report(&args.out, started)?;
+    report(&args.out)?;
     Ok(())
 }
 
@@ -286,9 +286,11 @@ async fn client(addr: std::net::SocketAddr, seed: u64, until: Instant) -> std::i
     Ok(n)
 }
 
-/// Flamegraphs and top tables of the batches written since `started`.
-fn report(out: &Path, started: Instant) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = started;
+/// Flamegraphs and top-10 tables: of the CPU profile of the busiest
+/// period, and of the in-use heap at the end (the last batch, collected
+/// while the cache was still alive).
+fn report(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use ferroprof::view;
     let mut folders: Vec<PathBuf> = std::fs::read_dir(out)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("event.json").is_file())
@@ -297,10 +299,54 @@ fn report(out: &Path, started: Instant) -> Result<(), Box<dyn std::error::Error>
     let Some(last) = folders.last() else {
         return Err(format!("no batch was written under {}", out.display()).into());
     };
-    eprintln!("\n{} batches under {}/", folders.len(), out.display());
-    for f in &folders {
-        eprintln!("  {}", f.display());
+
+    let mut busiest = None;
+    for folder in &folders {
+        let path = folder.join("cpu.pprof");
+        if let Ok(profile) = view::load(&path) {
+            let index = view::sample_index(&profile, Some("cpu"))?;
+            let total = view::top(&profile, index).total;
+            if busiest.as_ref().is_none_or(|(t, _, _)| total > *t) {
+                busiest = Some((total, path, profile));
+            }
+        }
     }
-    let _ = last;
+    let heap_path = last.join("delta-heap.pprof");
+    let heap = view::load(&heap_path)?;
+
+    let mut written = Vec::new();
+    let mut sections = Vec::new();
+    if let Some((_, path, profile)) = &busiest {
+        let index = view::sample_index(profile, Some("cpu"))?;
+        let svg = out.join("cpu.svg");
+        let title = format!("CPU: {}", path.display());
+        view::flamegraph(profile, index, &title, &mut std::fs::File::create(&svg)?)?;
+        sections.push((
+            format!("CPU, {}", path.display()),
+            view::top(profile, index).render(10),
+        ));
+        written.push(svg);
+    }
+    let index = view::sample_index(&heap, Some("inuse_space"))?;
+    let svg = out.join("heap-inuse.svg");
+    let title = format!("In-use heap: {}", heap_path.display());
+    view::flamegraph(&heap, index, &title, &mut std::fs::File::create(&svg)?)?;
+    sections.push((
+        format!("in-use heap, {}", heap_path.display()),
+        view::top(&heap, index).render(10),
+    ));
+    written.push(svg);
+
+    for (what, table) in &sections {
+        println!("\n== top 10, {what}\n{table}");
+    }
+    println!("\n{} batches:", folders.len());
+    for folder in &folders {
+        println!("  {}/", folder.display());
+    }
+    println!("flame graphs:");
+    for svg in &written {
+        println!("  {}", svg.display());
+    }
     Ok(())
 }

@@ -7,3 +7,4 @@ pub mod fake_agent;
 pub mod pprof_tools;
 pub mod stats;
 pub mod test_agent;
+pub mod xml;
