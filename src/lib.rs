@@ -50,6 +50,18 @@
 //! SIGPROF sampler, [`pprof`] encodes, decodes, symbolizes and computes
 //! deltas, [`metrics::RuntimeMetrics`] reads jemalloc's statistics.
 //!
+//! # Platforms
+//!
+//! Linux on x86_64 and aarch64 profile fully. Other targets compile: the
+//! allocator counts samples without stacks, there is no CPU profile, and
+//! `start()` logs that CPU profiles are unavailable; batches still carry
+//! the heap profile's totals and `metrics.json`.
+//!
+//! # Supported Rust versions
+//!
+//! Rust 1.88 or newer (the `rust-version` of the crate, the newest any
+//! of its dependencies on Linux asks for).
+//!
 //! # Feature flags
 //!
 //! - `heap` (default): [`SamplingAllocator`] samples allocations. Without it
