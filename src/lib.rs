@@ -52,10 +52,11 @@
 //!
 //! # Platforms
 //!
-//! Linux on x86_64 and aarch64 profile fully. Other targets compile: the
-//! allocator counts samples without stacks, there is no CPU profile, and
-//! `start()` logs that CPU profiles are unavailable; batches still carry
-//! the heap profile's totals and `metrics.json`.
+//! Linux on x86_64 and aarch64 profile fully, and are the only targets
+//! tested. Elsewhere the crate is meant to compile with profiling reduced
+//! to what needs no Linux: the allocator counts samples without stacks,
+//! there is no CPU profile (`start()` says so), batches still carry the
+//! heap totals and `metrics.json`.
 //!
 //! # Supported Rust versions
 //!

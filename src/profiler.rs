@@ -480,7 +480,7 @@ fn startup_line(config: &Config, tags: &str) -> String {
     types.push("metrics");
     serde_json::json!({
         "date": event::rfc3339(SystemTime::now()),
-        "os_name": "linux",
+        "os_name": std::env::consts::OS,
         "os_version": os_version(),
         "profiler_version": event::VERSION,
         "lang": "rust",

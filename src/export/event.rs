@@ -27,7 +27,7 @@ pub(crate) fn base_tags(config: &Config, runtime_id: &str) -> String {
         "language:native".to_owned(),
         "runtime:rust".to_owned(),
         format!("runtime_version:{RUSTC_VERSION}"),
-        "runtime_os:linux".to_owned(),
+        format!("runtime_os:{}", std::env::consts::OS),
         format!("runtime_arch:{ARCH}"),
     ];
     if let Some(env) = &config.env {
@@ -132,19 +132,24 @@ pub(crate) fn uuid_v4() -> String {
     )
 }
 
-/// 16 bytes from the kernel's random source; if that fails (an old kernel
-/// with no `getrandom`), from the clock and the process id, hashed.
+/// 16 bytes from the kernel's random source (Linux); if that fails, or
+/// elsewhere, from the clock and the process id, hashed with std's
+/// randomly keyed hasher.
 pub(crate) fn random_bytes() -> [u8; 16] {
     let mut b = [0u8; 16];
-    // SAFETY: the buffer is valid for writes of its length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        use std::hash::BuildHasher;
-        let state = std::collections::hash_map::RandomState::new();
-        for (i, chunk) in b.chunks_mut(8).enumerate() {
-            let h = state.hash_one((SystemTime::now(), std::process::id(), i));
-            chunk.copy_from_slice(&h.to_le_bytes());
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the buffer is valid for writes of its length.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n == b.len() as isize {
+            return b;
         }
+    }
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    for (i, chunk) in b.chunks_mut(8).enumerate() {
+        let h = state.hash_one((SystemTime::now(), std::process::id(), i));
+        chunk.copy_from_slice(&h.to_le_bytes());
     }
     b
 }
