@@ -47,6 +47,20 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// Remembers how long each collection took (the profiler's
+/// `ferroprof.collect_time`), to print at the end.
+#[derive(Clone, Default)]
+struct CollectTimes(Arc<Mutex<Vec<Duration>>>);
+
+impl ferroprof::StatsdClient for CollectTimes {
+    fn count(&self, _name: &str, _value: i64, _tags: &[&str]) {}
+    fn timing(&self, name: &str, value: Duration, _tags: &[&str]) {
+        if name == "ferroprof.collect_time" {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(value);
+        }
+    }
+}
+
 /// The command line.
 #[derive(Debug)]
 struct Args {
@@ -93,6 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .any(|v| std::env::var_os(v).is_some());
 
+    let collect_times = CollectTimes::default();
     let profiler = ferroprof::Profiler::builder()
         .service("ferroprof-demo")
         .env("demo")
@@ -101,6 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .period(Duration::from_secs(args.period))
         .output_dir(&args.out)
         .upload(upload)
+        .statsd(collect_times.clone())
         .start()?;
     let started = Instant::now();
 
@@ -120,11 +136,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = profiler.stop();
     drop(cache);
 
+    let times = collect_times
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mean = times.iter().sum::<Duration>() / times.len().max(1) as u32;
+    let max = times.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "\nserved {} requests in {:.1} s; profiler: {} batches, {} uploaded, {} upload errors",
+        "\nserved {} requests in {:.1} s; profiler: {} batches (collection {:.1} ms mean, \
+         {:.1} ms max), {} uploaded, {} upload errors",
         served,
         started.elapsed().as_secs_f64(),
         stats.batches,
+        mean.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3,
         stats.upload_success,
         stats.upload_error
     );
