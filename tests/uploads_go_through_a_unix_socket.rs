@@ -115,7 +115,7 @@ fn assert_every_batch_arrived(stats: &SelfStats, requests: &[Request]) {
     );
     for request in requests {
         assert_eq!(request.method, "POST");
-        assert_eq!(request.path, "/profiling/v1/input");
+        assert_eq!(request.path(), "/profiling/v1/input");
         assert_eq!(
             request.header("Host"),
             Some("localhost"),

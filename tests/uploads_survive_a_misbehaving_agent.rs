@@ -512,7 +512,7 @@ fn a_working_agent_gets_every_batch_once() {
     );
     for request in &requests {
         assert_eq!(request.method, "POST");
-        assert_eq!(request.path, "/profiling/v1/input");
+        assert_eq!(request.path(), "/profiling/v1/input");
         let content_type = request.header("Content-Type").unwrap_or_default();
         assert!(
             content_type.starts_with("multipart/form-data; boundary="),

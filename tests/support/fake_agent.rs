@@ -43,9 +43,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::test_agent::parse_multipart;
-pub use super::test_agent::Part;
-
 /// How often the accept loop and the connection threads look at the
 /// shutdown flag.
 const POLL: Duration = Duration::from_millis(10);
@@ -82,42 +79,9 @@ pub enum Behaviour {
     Refused,
 }
 
-/// A request the fake agent read whole.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
-    /// `POST`, ...
-    pub method: String,
-    /// The request target as sent: `/profiling/v1/input`.
-    pub path: String,
-    /// The headers, in the order received, names as sent.
-    pub headers: Vec<(String, String)>,
-    /// The body: the `Content-Length` bytes, or the chunks joined.
-    pub body: Vec<u8>,
-}
-
-impl Request {
-    /// The first value of header `name`, compared case-insensitively.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as `multipart/form-data`; panics, saying why, when the
-    /// `Content-Type` is missing or not multipart or the body is malformed.
-    pub fn parts(&self) -> Vec<Part> {
-        let content_type = self
-            .header("Content-Type")
-            .unwrap_or_else(|| panic!("{} {}: no Content-Type header", self.method, self.path));
-        parse_multipart(content_type, &self.body).unwrap_or_else(|e| {
-            panic!(
-                "{} {}: malformed multipart body: {e}; Content-Type: {content_type}",
-                self.method, self.path
-            )
-        })
-    }
-}
+/// A request the fake agent read whole: the test agent's type, with the
+/// URL `http://localhost<request target>` (the Host a socket client sends).
+pub use super::test_agent::Request;
 
 /// Where the fake agent is reached.
 #[derive(Clone, Debug)]
@@ -279,7 +243,7 @@ impl FakeAgent {
                 requests.len(),
                 requests
                     .iter()
-                    .map(|r| format!("{} {}", r.method, r.path))
+                    .map(|r| format!("{} {}", r.method, r.path()))
                     .collect::<Vec<_>>()
             );
             thread::sleep(POLL);
@@ -538,7 +502,7 @@ fn read_request<C: Conn>(
         .collect::<Result<Vec<_>, _>>()?;
     let mut request = Request {
         method: method.to_owned(),
-        path: path.to_owned(),
+        url: format!("http://localhost{path}"),
         headers,
         body: Vec::new(),
     };

@@ -57,7 +57,7 @@ pub struct Tools {
 pub fn tools() -> &'static Tools {
     static TOOLS: OnceLock<Tools> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        let dir = target_dir().join("pprof-tools");
+        let dir = super::target_dir().join("pprof-tools");
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let main_go = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pprof-check/main.go");
         Tools {
@@ -65,22 +65,6 @@ pub fn tools() -> &'static Tools {
             pprof: go_build(&dir, "pprof", OsStr::new("github.com/google/pprof"), None),
         }
     })
-}
-
-/// Cargo's target directory: the parent of this test's
-/// `CARGO_TARGET_TMPDIR` (`<target>/tmp`), or, where Cargo did not set that,
-/// the directory above `<target>/<profile>/deps/<test binary>`.
-fn target_dir() -> PathBuf {
-    if let Some(tmp) = option_env!("CARGO_TARGET_TMPDIR") {
-        if let Some(parent) = Path::new(tmp).parent() {
-            return parent.to_path_buf();
-        }
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors()
-        .nth(3)
-        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
-        .to_path_buf()
 }
 
 /// `go build -o <dir>/<name> <what>`, unless `<dir>/<name>` exists and is

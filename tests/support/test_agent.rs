@@ -82,7 +82,7 @@ impl TestAgent {
     /// log and the advice to run `./.ci/setup`, when the binary is missing
     /// or the agent never answers.
     pub fn start() -> TestAgent {
-        let dir = target_dir();
+        let dir = super::target_dir();
         let exe = dir.join("ddapm-venv/bin/ddapm-test-agent");
         if !exe.is_file() {
             panic!("{} is missing: {SETUP_HINT}", exe.display());
@@ -258,23 +258,6 @@ impl Drop for TestAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Cargo's target directory: the parent of this test's
-/// `CARGO_TARGET_TMPDIR` (`<target>/tmp`), or, where Cargo did not set that,
-/// the directory above `<target>/<profile>/deps/<test binary>`. (The same
-/// rule as `pprof_tools`'s, whose function is private.)
-pub fn target_dir() -> PathBuf {
-    if let Some(tmp) = option_env!("CARGO_TARGET_TMPDIR") {
-        if let Some(parent) = Path::new(tmp).parent() {
-            return parent.to_path_buf();
-        }
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors()
-        .nth(3)
-        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
-        .to_path_buf()
 }
 
 /// Three distinct loopback ports that were free a moment ago: all bound at
