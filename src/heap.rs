@@ -94,6 +94,20 @@ pub fn build(
     time: SystemTime,
     duration: Duration,
 ) -> Profile {
+    let profile = build_in_batch(snapshot, symbolizer, time, duration);
+    symbolizer.end_batch();
+    profile
+}
+
+/// [`build`] without ending the symbolizer's batch: the profiler ends one
+/// batch per period, after the CPU profile too, so that neither profile's
+/// addresses count as unused when the cache is trimmed.
+pub(crate) fn build_in_batch(
+    snapshot: &HeapSnapshot,
+    symbolizer: &mut Symbolizer,
+    time: SystemTime,
+    duration: Duration,
+) -> Profile {
     let period = i64::try_from(snapshot.sample_interval).unwrap_or(i64::MAX);
     let mut b = ProfileBuilder::new(&SAMPLE_TYPES, ("space", "bytes"), period);
     let since_epoch = time
@@ -139,7 +153,6 @@ pub fn build(
         };
         b.sample_vec(locations, &values, &[]);
     }
-    symbolizer.end_batch();
     b.build()
 }
 

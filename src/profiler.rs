@@ -546,7 +546,7 @@ mod cpu_source {
         pub fn poll(&mut self) -> Result<(), StartError> {
             match *self {}
         }
-        pub fn collect(&mut self, _: &mut Symbolizer) -> Profile {
+        pub fn collect_in_batch(&mut self, _: &mut Symbolizer) -> Profile {
             match *self {}
         }
         pub fn dropped_samples(&self) -> u64 {
@@ -636,7 +636,7 @@ impl Worker {
                 _ = sleep_until_some(cpu_stop_at) => {
                     cpu_stop_at = None;
                     if let Some(mut cpu) = self.cpu.take() {
-                        cpu_pending = Some(cpu.collect(&mut self.symbolizer));
+                        cpu_pending = Some(cpu.collect_in_batch(&mut self.symbolizer));
                         self.note_cpu_dropped(&cpu);
                         if let Err(e) = cpu.stop() {
                             log::warn!("ferroprof: stopping the CPU profiler: {e}");
@@ -710,7 +710,7 @@ impl Worker {
                     Some(p)
                 }
                 (None, Some(mut cpu)) => {
-                    let p = self.guarded("cpu", |w| cpu.collect(&mut w.symbolizer));
+                    let p = self.guarded("cpu", |w| cpu.collect_in_batch(&mut w.symbolizer));
                     self.note_cpu_dropped(&cpu);
                     self.cpu = Some(cpu);
                     p
@@ -742,6 +742,9 @@ impl Worker {
                 SAID.call_once(|| log::warn!("ferroprof: no metrics.json: {e}"));
             }
         }
+        // One symbolizer batch per period: the cache keeps what either
+        // profile used, and the DWARF readers are dropped once.
+        self.symbolizer.end_batch();
         self.counters
             .timing("ferroprof.collect_time", began.elapsed(), &[]);
 
@@ -789,7 +792,7 @@ impl Worker {
         );
         self.heap_dropped = dropped;
         let duration = end.duration_since(self.period_start).unwrap_or_default();
-        let cumulative = heap::build(&snapshot, &mut self.symbolizer, end, duration);
+        let cumulative = heap::build_in_batch(&snapshot, &mut self.symbolizer, end, duration);
         let profile = if self.config.delta {
             let began = std::time::Instant::now();
             let delta = self.heap.delta_of(cumulative);

@@ -149,8 +149,16 @@ impl CpuProfiler {
         self.dropped_total
     }
 
-    /// The period's profile (since `start` or the last `collect`).
+    /// The period's profile (since `start` or the last `collect`). Ends
+    /// the symbolizer's batch.
     pub fn collect(&mut self, symbolizer: &mut Symbolizer) -> Profile {
+        let profile = self.collect_in_batch(symbolizer);
+        symbolizer.end_batch();
+        profile
+    }
+
+    /// [`collect`](Self::collect) without ending the symbolizer's batch.
+    pub(crate) fn collect_in_batch(&mut self, symbolizer: &mut Symbolizer) -> Profile {
         // New modules (dlopen) become walkable from the next sample on.
         ferroprof_alloc::signal::prepare();
         self.drain();
@@ -159,7 +167,7 @@ impl CpuProfiler {
         self.last = now;
         let dropped = std::mem::take(&mut self.dropped);
         self.aggregator
-            .build(symbolizer, self.hz, dropped, now, duration)
+            .build_in_batch(symbolizer, self.hz, dropped, now, duration)
     }
 
     /// Disarms every timer and restores the previous `SIGPROF` disposition.

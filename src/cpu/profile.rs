@@ -73,8 +73,24 @@ impl Aggregator {
     }
 
     /// Builds the period's profile and starts the next period empty.
-    /// `dropped` samples are reported under [`DROPPED_FRAME`].
+    /// `dropped` samples are reported under [`DROPPED_FRAME`]. Ends the
+    /// symbolizer's batch.
     pub fn build(
+        &mut self,
+        symbolizer: &mut Symbolizer,
+        hz: u32,
+        dropped: u64,
+        time: SystemTime,
+        duration: Duration,
+    ) -> Profile {
+        let profile = self.build_in_batch(symbolizer, hz, dropped, time, duration);
+        symbolizer.end_batch();
+        profile
+    }
+
+    /// [`build`](Self::build) without ending the symbolizer's batch (the
+    /// profiler ends one batch per period, after the heap profile too).
+    pub(crate) fn build_in_batch(
         &mut self,
         symbolizer: &mut Symbolizer,
         hz: u32,
@@ -134,7 +150,6 @@ impl Aggregator {
             let id = b.synthetic_location(DROPPED_FRAME);
             b.sample(&[id], &[dropped, dropped.saturating_mul(period)], &[]);
         }
-        symbolizer.end_batch();
         self.names.clear();
         b.build()
     }
