@@ -26,6 +26,10 @@ pub const DEFAULT_AGENT_PORT: u16 = 8126;
 pub const DEFAULT_SITE: &str = "datadoghq.com";
 /// The default period between uploads.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
+/// The longest period accepted.
+pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+/// The longest upload timeout accepted.
+pub const MAX_UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The default time limit of one upload attempt.
 pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default CPU sampling rate, per second of CPU time of each thread.
@@ -75,10 +79,19 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     /// How the startup line and errors name the target.
+    /// Without user name, password, query or fragment: logs and the
+    /// startup line show it.
     pub fn describe(&self) -> String {
         match &self.uds {
             Some(path) => format!("unix://{}{}", path.display(), self.url.path()),
-            None => self.url.to_string(),
+            None => {
+                let mut url = self.url.clone();
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.set_query(None);
+                url.set_fragment(None);
+                url.to_string()
+            }
         }
     }
 }
@@ -289,8 +302,8 @@ pub(crate) fn resolve(
     for tag in &o.tags {
         tags.push(check_tag(tag).map_err(|why| option_error("tags", tag, &why))?);
     }
-    let mut env_name = o.env.take().or_else(|| env.string("DD_ENV"));
-    let mut version = o.version.take().or_else(|| env.string("DD_VERSION"));
+    let mut env_name = tag_value(o.env.take(), "env", &env, "DD_ENV")?;
+    let mut version = tag_value(o.version.take(), "version", &env, "DD_VERSION")?;
     let mut user_tags = Vec::new();
     for (key, value) in tags {
         match key.as_str() {
@@ -303,32 +316,39 @@ pub(crate) fn resolve(
         }
     }
 
-    let service = match o.service.take().or_else(|| env.string("DD_SERVICE")) {
+    let service = match tag_value(o.service.take(), "service", &env, "DD_SERVICE")? {
         Some(s) => s,
-        None => default_service(),
+        None => default_service().replace(',', "_"),
     };
     let hostname = match o.hostname.take() {
+        Some(h) if h.contains(',') || h.trim().is_empty() => {
+            return Err(option_error("hostname", &h, "is empty or contains ','"))
+        }
         Some(h) => h,
-        None => hostname(),
+        None => hostname().replace(',', "_"),
     };
 
     let period = o.period.unwrap_or(DEFAULT_PERIOD);
-    if period < Duration::from_millis(100) {
+    if period < Duration::from_millis(100) || period > MAX_PERIOD {
         return Err(option_error(
             "period",
             format!("{period:?}"),
-            "is shorter than 100ms",
+            "is not between 100ms and 24h",
         ));
     }
     let upload_timeout = match o.upload_timeout {
-        Some(t) if t.is_zero() => {
-            return Err(option_error("upload_timeout", "0s", "must be positive"))
+        Some(t) if t.is_zero() || t > MAX_UPLOAD_TIMEOUT => {
+            return Err(option_error(
+                "upload_timeout",
+                format!("{t:?}"),
+                "must be more than 0 and at most 1h",
+            ))
         }
         Some(t) => t,
         None => match env.get("DD_PROFILING_UPLOAD_TIMEOUT") {
             Some((n, v)) => match parse_duration(&v) {
-                Some(t) if !t.is_zero() => t,
-                Some(_) => return Err(env_error(n, &v, "must be positive")),
+                Some(t) if !t.is_zero() && t <= MAX_UPLOAD_TIMEOUT => t,
+                Some(_) => return Err(env_error(n, &v, "must be more than 0 and at most 1h")),
                 None => return Err(env_error(n, &v, "is not a duration (like 10s or 1500ms)")),
             },
             None => DEFAULT_UPLOAD_TIMEOUT,
@@ -399,7 +419,7 @@ pub(crate) fn resolve(
         return Err(option_error(
             "cpu_duration",
             format!("{cpu_duration:?}"),
-            &format!("is not between 0 and the period ({period:?})"),
+            &format!("must be more than 0 and at most the period ({period:?})"),
         ));
     }
 
@@ -587,6 +607,33 @@ fn parse_http_url(s: &str) -> Option<Url> {
     })
 }
 
+/// A value that goes into a tag (`service`, `env`, `version`): from the
+/// builder, else the environment; never empty, never with a `,` (which
+/// would split it into tags of its own).
+fn tag_value(
+    builder: Option<String>,
+    option: &'static str,
+    env: &Env<'_>,
+    variable: &'static str,
+) -> Result<Option<String>, Error> {
+    let (value, from_env) = match builder {
+        Some(v) => (v.trim().to_owned(), false),
+        None => match env.string(variable) {
+            Some(v) => (v, true),
+            None => return Ok(None),
+        },
+    };
+    if value.is_empty() || value.contains(',') {
+        let why = "is empty or contains ',' (tags are separated by commas)";
+        return Err(if from_env {
+            env_error(variable, &value, why)
+        } else {
+            option_error(option, &value, why)
+        });
+    }
+    Ok(Some(value))
+}
+
 /// A well-formed Datadog API key: 32 lowercase letters and digits.
 fn check_api_key(key: &str) -> Option<ApiKey> {
     let key = key.trim();
@@ -662,7 +709,7 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
         let mut scale = nanos_per_unit;
         for digit in fraction.bytes() {
             scale /= 10;
-            total += u128::from(digit - b'0') * scale;
+            total = total.checked_add(u128::from(digit - b'0') * scale)?;
         }
         rest = tail;
     }

@@ -96,6 +96,9 @@ pub mod config;
 pub mod cpu;
 #[cfg(not(loom))]
 mod export;
+#[doc(hidden)]
+#[cfg(not(loom))]
+pub mod fuzzing;
 #[cfg(not(loom))]
 pub mod heap;
 #[cfg(not(loom))]
@@ -144,8 +147,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// Agentless uploads need a well-formed API key, and the one from
-    /// `variable` is missing or malformed. The key itself is never shown.
+    /// An API key is missing or malformed where it is needed: agentless
+    /// uploads without a well-formed `DD_API_KEY`, or a malformed key given
+    /// to the builder's `api_key` (a malformed `DD_API_KEY` with an agent is
+    /// only a warning: the agent never gets it). The key is never shown.
     ApiKey {
         /// Where the key was looked for: `DD_API_KEY` or the builder's
         /// `api_key`.
@@ -180,7 +185,7 @@ impl fmt::Display for Error {
             }
             Error::ApiKey { variable } => write!(
                 f,
-                "agentless uploads need an API key of 32 lowercase letters and digits; \
+                "an API key is 32 lowercase letters and digits (agentless uploads need one); \
                  {variable} is missing or malformed (its value is not shown)"
             ),
             Error::AlreadyRunning => {

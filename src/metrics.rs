@@ -18,6 +18,7 @@
 //!   counted in [`SelfStats`] (read with `Profiler::stats`) and sent to the
 //!   user's [`StatsdClient`] under the names of `docs/datadog-intake.md`.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +28,8 @@ use tikv_jemalloc_ctl::{epoch, raw, stats};
 /// Where the profiler's self metrics go: implement it over your statsd
 /// client (the shape of Datadog's Go profiler's `StatsdClient`).
 ///
-/// Called from the profiler's thread; keep it quick and non-blocking.
+/// Called from the profiler's threads; keep it quick and non-blocking. A
+/// panic in it is caught and ignored.
 pub trait StatsdClient: Send + Sync {
     /// Adds `value` to the counter `name` (e.g. `ferroprof.upload_success`).
     fn count(&self, name: &str, value: i64, tags: &[&str]);
@@ -145,14 +147,16 @@ impl Counters {
         // not an order with other memory.
         cell.fetch_add(n, Ordering::Relaxed);
         if let (Some(statsd), Some(name)) = (&self.statsd, name) {
-            statsd.count(name, i64::try_from(n).unwrap_or(i64::MAX), tags);
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            // The user's client must not take the profiler's threads down.
+            let _ = catch_unwind(AssertUnwindSafe(|| statsd.count(name, n, tags)));
         }
     }
 
     /// Sends a timing (`ferroprof.collect_time`, `ferroprof.delta_time`).
     pub fn timing(&self, name: &str, d: Duration, tags: &[&str]) {
         if let Some(statsd) = &self.statsd {
-            statsd.timing(name, d, tags);
+            let _ = catch_unwind(AssertUnwindSafe(|| statsd.timing(name, d, tags)));
         }
     }
 

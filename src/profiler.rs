@@ -124,6 +124,11 @@ impl ProfilerBuilder {
     /// The HTTP client to upload with (proxies, TLS roots...). Not used
     /// for a Unix socket, which needs a client of its own. Default: one
     /// with rustls and the platform's certificates.
+    ///
+    /// Build one for ferroprof alone rather than cloning the application's:
+    /// a pooled connection belongs to the runtime that opened it, and
+    /// ferroprof's upload thread runs its own runtime, which ends at
+    /// `stop()`.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.options.http_client = Some(client);
         self
@@ -277,6 +282,8 @@ impl ProfilerBuilder {
                 SAID.call_once(|| {
                     log::info!("ferroprof: profiling is disabled (DD_PROFILING_ENABLED=false)");
                 });
+                // Nothing will read the allocator's samples: stop taking them.
+                ferroprof_alloc::set_sample_interval(0);
                 Ok(Profiler { running: None })
             }
             Resolved::Enabled(config) => Profiler::start(*config),
@@ -328,8 +335,11 @@ impl Profiler {
     /// Sends the last, partial period (bounded by the upload timeout) and
     /// stops profiling; returns the final counters.
     ///
-    /// This blocks for up to the upload timeout (plus one collection); from
-    /// async code, call it (or drop the profiler) in `spawn_blocking`.
+    /// It blocks while a collection under way finishes, the last period is
+    /// collected, the CPU profiler stops (up to 50 ms) and the uploads get
+    /// at most the upload timeout; from async code, call it (or drop the
+    /// profiler) in `spawn_blocking`. Afterwards the allocator stops
+    /// sampling until a profiler starts again.
     pub fn stop(mut self) -> SelfStats {
         self.shutdown()
     }
@@ -344,6 +354,9 @@ impl Profiler {
                 log::error!("ferroprof: the profiler thread panicked");
             }
         }
+        // Nothing reads the allocator's samples until a profiler starts
+        // again (which sets the interval anew).
+        ferroprof_alloc::set_sample_interval(0);
         running.counters.snapshot()
     }
 
@@ -424,6 +437,8 @@ impl Profiler {
                     Ok(rt) => {
                         let _ = ready_tx.send(Ok(()));
                         rt.block_on(worker.run(uploader, stop_rx));
+                        // Blocking tasks (none expected here) are not waited for.
+                        rt.shutdown_background();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -636,7 +651,7 @@ impl Worker {
                 _ = sleep_until_some(cpu_stop_at) => {
                     cpu_stop_at = None;
                     if let Some(mut cpu) = self.cpu.take() {
-                        cpu_pending = Some(cpu.collect_in_batch(&mut self.symbolizer));
+                        cpu_pending = self.guarded("cpu", |w| cpu.collect_in_batch(&mut w.symbolizer));
                         self.note_cpu_dropped(&cpu);
                         if let Err(e) = cpu.stop() {
                             log::warn!("ferroprof: stopping the CPU profiler: {e}");
@@ -841,7 +856,13 @@ fn spawn_uploader(
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(uploader.run(queue, deadline)),
+                Ok(runtime) => {
+                    runtime.block_on(uploader.run(queue, deadline));
+                    // A name lookup still running (getaddrinfo, on a blocking
+                    // thread, cannot be cancelled) must not hold stop(): the
+                    // runtime goes without waiting for it.
+                    runtime.shutdown_background();
+                }
                 Err(e) => {
                     log::error!("ferroprof: no uploads: no runtime for the upload thread: {e}")
                 }

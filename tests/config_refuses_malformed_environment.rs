@@ -60,10 +60,19 @@ fn upload_timeout_must_be_a_positive_duration() {
         let e = refused(&[("DD_PROFILING_UPLOAD_TIMEOUT", bad)]);
         assert_names(&e, "DD_PROFILING_UPLOAD_TIMEOUT", bad, "is not a duration");
     }
-    for zero in ["0", "0s", "0ms"] {
-        let e = refused(&[("DD_PROFILING_UPLOAD_TIMEOUT", zero)]);
-        assert_names(&e, "DD_PROFILING_UPLOAD_TIMEOUT", zero, "must be positive");
+    for out_of_range in ["0", "0s", "0ms", "2h", "3000000000000000h"] {
+        let e = refused(&[("DD_PROFILING_UPLOAD_TIMEOUT", out_of_range)]);
+        assert_names(
+            &e,
+            "DD_PROFILING_UPLOAD_TIMEOUT",
+            out_of_range,
+            "must be more than 0 and at most 1h",
+        );
     }
+    // Digits enough to overflow any integer are still just "not a duration".
+    let huge = "340282366920938463463374607431.9s";
+    let e = refused(&[("DD_PROFILING_UPLOAD_TIMEOUT", huge)]);
+    assert_names(&e, "DD_PROFILING_UPLOAD_TIMEOUT", huge, "is not a duration");
 }
 
 #[test]
@@ -128,6 +137,15 @@ fn tags_must_be_key_value() {
     for bad in ["team", "team:payments,oops", ":payments", "team:"] {
         let e = refused(&[("DD_TAGS", bad)]);
         assert_names(&e, "DD_TAGS", bad, "is not key:value");
+    }
+}
+
+#[test]
+fn service_env_and_version_cannot_smuggle_tags() {
+    for variable in ["DD_SERVICE", "DD_ENV", "DD_VERSION"] {
+        let bad = "prod,service:evil";
+        let e = refused(&[(variable, bad)]);
+        assert_names(&e, variable, bad, "contains ','");
     }
 }
 

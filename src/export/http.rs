@@ -38,13 +38,20 @@ pub(crate) fn client(
     }
     // Always preconfigured, even for plain HTTP: reqwest builds its TLS
     // setup at `build()`, and without a process-wide rustls provider (which
-    // a library must not install) it has none of its own.
-    use rustls_platform_verifier::BuilderVerifierExt;
+    // a library must not install) it has none of its own. Only HTTPS reads
+    // the platform's certificates: a minimal container has none, and a
+    // plain-HTTP agent must not need them.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_platform_verifier()?
-        .with_no_client_auth();
+    let versions = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    let tls = if endpoint.url.scheme() == "https" {
+        use rustls_platform_verifier::BuilderVerifierExt;
+        versions.with_platform_verifier()?.with_no_client_auth()
+    } else {
+        versions
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    };
     builder = builder.tls_backend_preconfigured(tls);
     Ok(builder.build()?)
 }
@@ -199,9 +206,13 @@ impl Uploader {
             .unwrap_or_else(|_| Attempt::Final(STOP_DEADLINE.to_owned()))
     }
 
-    /// After `stop()`: one attempt per queued batch, until the deadline.
+    /// After `stop()`: one attempt per queued batch until the deadline,
+    /// the newest (the last, partial period) first, then the rest oldest
+    /// first.
     async fn drain(&mut self, queue: &Queue, deadline: Instant) {
-        while let Some(batch) = queue.try_pop() {
+        let newest = queue.try_pop_newest();
+        let rest = std::iter::from_fn(|| queue.try_pop());
+        for batch in newest.into_iter().chain(rest) {
             if Instant::now() >= deadline {
                 self.failed(&batch, STOP_DEADLINE);
                 continue;

@@ -55,6 +55,14 @@ impl Queue {
             .pop_front()
     }
 
+    /// The newest batch, if any (at stop, the last period goes first).
+    pub fn try_pop_newest(&self) -> Option<Batch> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_back()
+    }
+
     /// Waits for a batch.
     pub async fn pop(&self) -> Batch {
         loop {
@@ -96,6 +104,10 @@ mod tests {
         assert_eq!(q.try_pop().map(|b| b.seq), Some(1));
         assert_eq!(q.try_pop().map(|b| b.seq), Some(2));
         assert!(q.try_pop().is_none());
+        q.push(batch(3));
+        q.push(batch(4));
+        assert_eq!(q.try_pop_newest().map(|b| b.seq), Some(4));
+        assert_eq!(q.try_pop().map(|b| b.seq), Some(3));
     }
 
     #[test]
