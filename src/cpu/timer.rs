@@ -1030,7 +1030,18 @@ mod tests {
     #[test]
     fn an_exited_thread_is_reported_gone_not_failed() {
         let tid = std::thread::spawn(sys::gettid).join().unwrap();
-        assert!(!sys::thread_exists(tid));
+        // `join` returns once the kernel clears the thread's tid word, which
+        // happens before the task is released: for a moment the exited
+        // thread can still be signalled. Wait for the release (bounded only
+        // so that a kernel that never releases fails instead of hanging).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while sys::thread_exists(tid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "thread {tid} never went away"
+            );
+            std::thread::yield_now();
+        }
         // An hour of CPU: should the tid have been reused by a thread of a
         // parallel test, its timer is deleted long before it could fire.
         let hour = 3_600_000_000_000;
