@@ -16,9 +16,14 @@
 //! ```text
 //! cargo run --release --example demo [-- --seconds 60 --period 10 --out profiles]
 //! ```
+//!
+//! With `--stats` it also prints, once per period, a `stats:` line to
+//! stderr with the profiler's counters and memory (the sampler's tables
+//! and region, jemalloc's totals); `.ci/soak` reads them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +72,7 @@ struct Args {
     seconds: u64,
     period: u64,
     out: PathBuf,
+    stats: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -74,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 60,
         period: 10,
         out: PathBuf::from("profiles"),
+        stats: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,12 +91,12 @@ fn parse_args() -> Result<Args, String> {
             }
             "--period" => args.period = value()?.parse().map_err(|e| format!("--period: {e}"))?,
             "--out" => args.out = PathBuf::from(value()?),
-            "-h" | "--help" => {
-                return Err(
-                    "usage: demo [--seconds N (60)] [--period SECONDS (10)] [--out DIR (profiles)]"
-                        .into(),
-                )
-            }
+            "--stats" => args.stats = true,
+            "-h" | "--help" => return Err(
+                "usage: demo [--seconds N (60)] [--period SECONDS (10)] [--out DIR (profiles)] \
+                     [--stats]"
+                    .into(),
+            ),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
@@ -128,10 +135,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The cache outlives the server until the profiler has stopped, so the
     // last batch's in-use heap still shows it.
     let cache = Arc::new(Cache::default());
-    let served = runtime.block_on(serve_and_load(
-        cache.clone(),
-        Duration::from_secs(args.seconds),
-    ))?;
+    let done = AtomicBool::new(false);
+    let served = std::thread::scope(|scope| {
+        if args.stats {
+            scope.spawn(|| print_stats(&profiler, args.period, started, &done));
+        }
+        let served = runtime.block_on(serve_and_load(
+            cache.clone(),
+            Duration::from_secs(args.seconds),
+        ));
+        done.store(true, Ordering::Relaxed);
+        served
+    })?;
     drop(runtime);
     let stats = profiler.stop();
     drop(cache);
@@ -156,6 +171,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     report(&args.out)?;
     Ok(())
+}
+
+/// `--stats`: every `period` seconds until `done`, one line of the
+/// profiler's counters and memory.
+fn print_stats(profiler: &ferroprof::Profiler, period: u64, started: Instant, done: &AtomicBool) {
+    let mut next = started + Duration::from_secs(period);
+    while !done.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        next += Duration::from_secs(period);
+        let s = profiler.stats();
+        let a = ferroprof::alloc::stats();
+        let _ = tikv_jemalloc_ctl::epoch::advance();
+        let allocated = tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0);
+        let resident = tikv_jemalloc_ctl::stats::resident::read().unwrap_or(0);
+        eprintln!(
+            "stats: t={:.1} batches={} collect_error={} heap_dropped={} cpu_dropped={} \
+             heap_samples={} live_blocks={} stacks={} table_bytes={} region_committed={} \
+             region_in_use={} jemalloc_allocated={allocated} jemalloc_resident={resident}",
+            started.elapsed().as_secs_f64(),
+            s.batches,
+            s.collect_error,
+            s.heap_samples_dropped,
+            s.cpu_samples_dropped,
+            a.samples,
+            a.live_blocks,
+            a.stacks,
+            a.table_bytes,
+            a.region_committed,
+            a.region_in_use,
+        );
+    }
 }
 
 /// The service's state: a cache that only grows (up to 5 000 keys of 8 KiB).

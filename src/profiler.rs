@@ -24,10 +24,28 @@
 //! period is collected, written and queued, the uploader gets the upload
 //! timeout to send what is queued, and the thread exits. `stop()` returns
 //! within about that bound even when the agent never answers.
+//!
+//! # Fork
+//!
+//! A child of `fork` has only the thread that forked: not `ferroprof` nor
+//! `ferroprof-upload`, yet it inherits the memory that says a profiler
+//! runs (the one-per-process claim) and, if the forking thread owned it,
+//! the [`Profiler`] value, whose thread handle names a thread the child
+//! does not have. A `pthread_atfork` child handler (registered at the first
+//! `start`) makes the child a process in which no profiler runs: it frees
+//! the claim and, as `stop()` would, turns heap sampling off (nothing in
+//! the child reads the samples), so the child may start a profiler of its
+//! own, which writes and uploads its own batches. The CPU profiler resets
+//! its own state the same way (`cpu` module docs). An inherited `Profiler`
+//! is inert: `is_running` is false, and stopping or dropping it neither
+//! signals nor joins the absent thread (which would wait forever), nor
+//! touches the sampling settings or the claim of the child's own profiler.
+//! Its batches in progress at the fork belong to the parent; the child
+//! never writes or sends them.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -47,25 +65,72 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// One profiler per process: set while one runs.
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
+/// Forks between the first process and this one, counted by the child
+/// handler: a [`RunningClaim`] made under another count was inherited.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
 /// Releases [`RUNNING`] when dropped (start failed, or the profiler ended).
-struct RunningClaim;
+struct RunningClaim {
+    /// [`FORKS`] when the claim was taken.
+    forks: u64,
+}
 
 impl RunningClaim {
     fn take() -> Result<RunningClaim, Error> {
+        ATFORK.call_once(|| {
+            // SAFETY: registers a plain `extern "C"` child handler that only
+            // stores atomics (async-signal-safe, as a child of a threaded
+            // process requires).
+            let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+            if rc != 0 {
+                log::warn!(
+                    "ferroprof: pthread_atfork failed ({}); a forked child cannot start \
+                     a profiler of its own",
+                    std::io::Error::from_raw_os_error(rc)
+                );
+            }
+        });
         // AcqRel/Acquire: the claim orders the previous profiler's teardown
         // (its Release store below) before this one's setup.
         RUNNING
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .map(|_| RunningClaim)
+            .map(|_| RunningClaim {
+                // Relaxed: FORKS only changes in a new child before it has
+                // a second thread.
+                forks: FORKS.load(Ordering::Relaxed),
+            })
             .map_err(|_| Error::AlreadyRunning)
+    }
+
+    /// Whether the claim was taken in this process (false: inherited
+    /// through `fork`; the child handler has released it here).
+    fn is_current(&self) -> bool {
+        // Relaxed: as in `take`.
+        FORKS.load(Ordering::Relaxed) == self.forks
     }
 }
 
 impl Drop for RunningClaim {
     fn drop(&mut self) {
-        // Release: pairs with the Acquire of the next `take`.
-        RUNNING.store(false, Ordering::Release);
+        if self.is_current() {
+            // Release: pairs with the Acquire of the next `take`.
+            RUNNING.store(false, Ordering::Release);
+        }
     }
+}
+
+/// In a new child of `fork` (module docs, "Fork"): no profiler runs here.
+extern "C" fn after_fork_in_child() {
+    // Relaxed (all): the child has a single thread here; threads it starts
+    // later are ordered after this by their creation.
+    if RUNNING.swap(false, Ordering::Relaxed) {
+        // As `stop()` does: nothing in this process reads the samples until
+        // a profiler starts here (an atomic store, and this thread's own
+        // countdown; no allocation).
+        ferroprof_alloc::set_sample_interval(0);
+    }
+    FORKS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Configures and starts a [`Profiler`]. Every option has an environment
@@ -303,7 +368,7 @@ struct Running {
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
-    _claim: RunningClaim,
+    claim: RunningClaim,
 }
 
 impl std::fmt::Debug for RunningClaim {
@@ -319,9 +384,10 @@ impl Profiler {
     }
 
     /// Whether this profiler runs (false when disabled by
-    /// `DD_PROFILING_ENABLED=false`, or after `stop`).
+    /// `DD_PROFILING_ENABLED=false`, after `stop`, and in a child of `fork`
+    /// for the profiler the parent started).
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        self.running.as_ref().is_some_and(|r| r.claim.is_current())
     }
 
     /// The profiler's counters so far (all zero when disabled).
@@ -348,6 +414,14 @@ impl Profiler {
         let Some(mut running) = self.running.take() else {
             return SelfStats::default();
         };
+        if !running.claim.is_current() {
+            // Inherited through fork (module docs): its thread is not in
+            // this process, and its channel may have been copied locked.
+            // Nothing here is this process's to stop; leak it untouched.
+            let stats = running.counters.snapshot();
+            std::mem::forget(running);
+            return stats;
+        }
         let _ = running.stop.send(true);
         if let Some(thread) = running.thread.take() {
             if thread.join().is_err() {
@@ -471,7 +545,7 @@ impl Profiler {
                 stop: stop_tx,
                 thread: Some(thread),
                 counters,
-                _claim: claim,
+                claim,
             }),
         })
     }

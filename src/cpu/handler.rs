@@ -10,8 +10,30 @@
 //!
 //! [`Installed`] is the capability token: it exists only while the handler
 //! is installed, and dropping it puts back the disposition it replaced.
+//!
+//! # Fork
+//!
+//! A child of `fork` inherits the `SIGPROF` disposition (this handler),
+//! this module's statics (installed, the ring published) and the ring in
+//! whatever state the parent's threads left it: a slot claimed by a handler
+//! that was running on another thread, or a drain under way, neither of
+//! which will ever finish in the child, where only the forking thread
+//! exists. It inherits no timer (POSIX and interval timers are not copied)
+//! and no pending signal. A `pthread_atfork` child handler, registered at
+//! the first install, therefore makes the child a process in which no CPU
+//! profiler runs: it puts back the disposition the handler had replaced,
+//! empties the ring ([`Ring::reset`]) and frees the slot, so the child can
+//! start a CPU profiler of its own. The `Installed` token the child
+//! inherited (if it can reach it at all) remembers the fork generation it
+//! was made in and does nothing when dropped in another one.
+//!
+//! Install and restore run under [`ForkLock`], which the prepare handler
+//! also takes, so a fork never copies one half-done (disposition changed,
+//! the disposition it replaced not yet saved).
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Once;
 
 use ferroprof_alloc::signal::{self, Registers};
 
@@ -22,7 +44,137 @@ use super::timer::expirations;
 static RING: AtomicPtr<Ring> = AtomicPtr::new(std::ptr::null_mut());
 /// Deepest stack the handler walks.
 static DEPTH: AtomicUsize = AtomicUsize::new(64);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// [`STATE`]: no profiler owns the handler.
+const FREE: u8 = 0;
+/// [`STATE`]: an `install` owns it but has not changed the disposition yet.
+const CLAIMED: u8 = 1;
+/// [`STATE`]: the handler is the disposition; [`PREVIOUS`] holds the one it
+/// replaced.
+const ACTIVE: u8 = 2;
+/// `FREE` -> `CLAIMED` (install's CAS) -> `ACTIVE` (under [`ForkLock`]) ->
+/// `FREE` (drop, under the lock; or the fork child handler).
+static STATE: AtomicU8 = AtomicU8::new(FREE);
+
+/// The disposition the handler replaced: written by `install` and read by
+/// the restore and the fork child handler, all under [`ForkLock`], and only
+/// meaningful while [`STATE`] is `ACTIVE`.
+struct Previous(UnsafeCell<libc::sigaction>);
+
+// SAFETY: every access holds `ForkLock` (see `Previous`).
+unsafe impl Sync for Previous {}
+
+static PREVIOUS: Previous = Previous(UnsafeCell::new(
+    // SAFETY: `sigaction` is plain integers, a function address and a
+    // signal set; all-zero bytes are a valid value (SIG_DFL, no flags).
+    unsafe { std::mem::zeroed() },
+));
+
+/// Forks between the first process and this one, counted by the child
+/// handler; an [`Installed`] made under another count was inherited.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// The spin lock behind [`ForkLock`].
+static FORK_LOCK: AtomicBool = AtomicBool::new(false);
+static ATFORK: Once = Once::new();
+
+/// Excludes a fork from an install or a restore, and those from each other.
+///
+/// A spin lock rather than a `Mutex`: the fork prepare handler takes it and
+/// the parent and child handlers release it, across calls, and the child
+/// releases a lock it copied held. Held for two `sigaction` calls at most,
+/// and never by a signal handler.
+struct ForkLock(());
+
+impl ForkLock {
+    fn acquire() -> ForkLock {
+        lock_raw();
+        ForkLock(())
+    }
+}
+
+impl Drop for ForkLock {
+    fn drop(&mut self) {
+        unlock_raw();
+    }
+}
+
+fn lock_raw() {
+    // Acquire: pairs with the Release in `unlock_raw`, so the previous
+    // holder's writes (`PREVIOUS`, `STATE`) are visible to the next.
+    while FORK_LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+}
+
+fn unlock_raw() {
+    // Release: pairs with the Acquire in `lock_raw`.
+    FORK_LOCK.store(false, Ordering::Release);
+}
+
+/// Registers the fork handlers (once per process; a child inherits them).
+fn register_fork_handlers() {
+    ATFORK.call_once(|| {
+        // SAFETY: three `extern "C"` functions that only take or release
+        // the spin lock, call `sigaction` and store atomics (the child one
+        // is async-signal-safe, as a child of a threaded process requires).
+        let rc = unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            )
+        };
+        if rc != 0 {
+            log::warn!(
+                "ferroprof: pthread_atfork failed ({}); a forked child cannot start \
+                 a CPU profiler of its own",
+                std::io::Error::from_raw_os_error(rc)
+            );
+        }
+    });
+}
+
+extern "C" fn before_fork() {
+    lock_raw();
+}
+
+extern "C" fn after_fork_in_parent() {
+    unlock_raw();
+}
+
+/// In the child: no CPU profiler runs here (see the module docs, "Fork").
+/// The child has one thread, this one, which holds the lock (copied from
+/// the forking thread, which took it in `before_fork`).
+extern "C" fn after_fork_in_child() {
+    if STATE.load(Ordering::Relaxed) == ACTIVE {
+        // SAFETY: the lock is held and STATE is ACTIVE, so PREVIOUS holds
+        // the disposition the handler replaced; sigaction is
+        // async-signal-safe. No SIGPROF is pending in a new child, and none
+        // of its threads can be in the handler: it has only this one.
+        unsafe { libc::sigaction(libc::SIGPROF, PREVIOUS.0.get(), std::ptr::null_mut()) };
+    }
+    // Acquire: pairs with the Release store in `install`.
+    let ring = RING.load(Ordering::Acquire);
+    // SAFETY: a published ring is 'static. The handler is no longer this
+    // process's disposition (restored above, or never installed here), the
+    // child's only thread is here, and the handlers and drains that were
+    // using the ring in the parent ran on threads the child does not have:
+    // nothing else uses the ring during or after the reset, and no `Slot`
+    // of it is reachable.
+    if let Some(ring) = unsafe { ring.as_ref() } {
+        // SAFETY: as above.
+        unsafe { ring.reset() };
+    }
+    // Relaxed (both): the child is single-threaded here; threads it starts
+    // later are ordered after this by their creation.
+    STATE.store(FREE, Ordering::Relaxed);
+    FORKS.fetch_add(1, Ordering::Relaxed);
+    unlock_raw();
+}
 
 /// Why the handler could not be installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +204,10 @@ impl std::error::Error for HandlerError {}
 
 /// The handler, installed; dropping it restores the previous disposition.
 pub struct Installed {
-    previous: libc::sigaction,
+    /// [`FORKS`] when installed: another value means this token was
+    /// inherited through `fork`, and the child handler has already undone
+    /// the install in this process.
+    forks: u64,
 }
 
 impl std::fmt::Debug for Installed {
@@ -65,10 +220,11 @@ impl Installed {
     /// Installs the handler, writing stacks of at most `depth` frames to
     /// `ring`. Prepares signal-context walks first (module list, caches).
     pub fn install(ring: &'static Ring, depth: usize) -> Result<Installed, HandlerError> {
+        register_fork_handlers();
         // Acquire: pairs with the Release in `drop`: the previous owner's
         // restore happens-before this install.
-        if INSTALLED
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        if STATE
+            .compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             return Err(HandlerError::AlreadyInstalled);
@@ -78,42 +234,62 @@ impl Installed {
         // Release: the ring's construction is visible to a handler's Acquire
         // load.
         RING.store(ring as *const Ring as *mut Ring, Ordering::Release);
+        let _lock = ForkLock::acquire();
         // SAFETY: a zeroed sigaction is valid; the handler has the
         // SA_SIGINFO signature and is async-signal-safe (module docs);
-        // `previous` is a valid out-pointer.
-        let previous = unsafe {
+        // PREVIOUS is only accessed under the lock, which is held.
+        unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_sigprof as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
-            let mut previous: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGPROF, &action, &mut previous) != 0 {
+            if libc::sigaction(libc::SIGPROF, &action, PREVIOUS.0.get()) != 0 {
                 let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                INSTALLED.store(false, Ordering::Release);
+                // Release: as in `drop`.
+                STATE.store(FREE, Ordering::Release);
                 return Err(HandlerError::Sigaction(errno));
             }
-            previous
-        };
-        Ok(Installed { previous })
+        }
+        // Relaxed: read under the lock, or by the child handler, which also
+        // holds it.
+        STATE.store(ACTIVE, Ordering::Relaxed);
+        Ok(Installed {
+            forks: FORKS.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Whether this token was made in this process (false: inherited
+    /// through `fork`, and no longer meaning anything).
+    pub(crate) fn is_current(&self) -> bool {
+        // Relaxed: FORKS only changes in a new child before it has a second
+        // thread.
+        FORKS.load(Ordering::Relaxed) == self.forks
     }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
+        let _lock = ForkLock::acquire();
+        if !self.is_current() {
+            // Inherited through fork: the child handler restored the
+            // disposition and freed the slot; another profiler of this
+            // process may own both now.
+            return;
+        }
         // SAFETY: setting SIG_IGN first discards every pending SIGPROF
         // (POSIX), so one still pending on some thread cannot reach a
         // default action that would end the process; then the disposition
-        // `install` replaced is put back.
+        // `install` replaced (in PREVIOUS, read under the lock) is put back.
         unsafe {
             let mut ignore: libc::sigaction = std::mem::zeroed();
             ignore.sa_sigaction = libc::SIG_IGN;
             libc::sigaction(libc::SIGPROF, &ignore, std::ptr::null_mut());
-            libc::sigaction(libc::SIGPROF, &self.previous, std::ptr::null_mut());
+            libc::sigaction(libc::SIGPROF, PREVIOUS.0.get(), std::ptr::null_mut());
         }
         // The ring stays published: it is 'static, and a handler still
         // running on another thread may be writing to it.
         // Release: pairs with the Acquire in `install`.
-        INSTALLED.store(false, Ordering::Release);
+        STATE.store(FREE, Ordering::Release);
     }
 }
 

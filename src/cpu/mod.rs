@@ -5,6 +5,18 @@
 //!
 //! [`CpuProfiler`] ties them together: `start`, `poll` (often), `collect`
 //! (once per period), `stop`.
+//!
+//! # Fork
+//!
+//! A child of `fork` starts with no CPU profiler running, whatever ran in
+//! the parent: it inherits no timer and no pending signal, and a
+//! `pthread_atfork` child handler puts back the `SIGPROF` disposition and
+//! empties the sample ring (the handler module's docs, "Fork"), so the
+//! child can [`start`](CpuProfiler::start) a profiler of its own. A
+//! `CpuProfiler` value the child inherited (one owned by the forking
+//! thread) is inert there: `poll` reads and arms nothing, `collect` returns
+//! only what was drained before the fork, and stopping or dropping it
+//! undoes nothing.
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -118,6 +130,9 @@ impl CpuProfiler {
     /// Moves the ring's samples into this period's counts and arms timers
     /// for threads started since the last call.
     pub fn poll(&mut self) -> Result<SyncStats, CpuError> {
+        if self.inherited() {
+            return Ok(SyncStats::default());
+        }
         // Modules loaded or unloaded since become known to the handler.
         ferroprof_alloc::signal::prepare();
         self.drain();
@@ -127,7 +142,16 @@ impl CpuProfiler {
         }
     }
 
+    /// Whether this value was inherited through `fork` (module docs).
+    fn inherited(&self) -> bool {
+        self.handler.as_ref().is_some_and(|h| !h.is_current())
+    }
+
     fn drain(&mut self) {
+        if self.inherited() {
+            // The ring is the child's own now (emptied at the fork).
+            return;
+        }
         let aggregator = &mut self.aggregator;
         self.ring.drain(|r| {
             aggregator.add(
@@ -181,13 +205,15 @@ impl CpuProfiler {
             Some(t) => t.stop().map_err(CpuError::Timer),
             None => Ok(()),
         };
-        if self.handler.is_some() {
-            // Handlers still running on other threads finish before the
-            // disposition changes (pending signals are discarded by the
-            // restore itself).
-            let period = Duration::from_nanos(2_000_000_000 / u64::from(self.hz.max(1)));
-            std::thread::sleep(period.min(Duration::from_millis(50)));
-            self.handler = None;
+        if let Some(handler) = self.handler.take() {
+            if handler.is_current() {
+                // Handlers still running on other threads finish before the
+                // disposition changes (pending signals are discarded by the
+                // restore itself). An inherited handler restores nothing.
+                let period = Duration::from_nanos(2_000_000_000 / u64::from(self.hz.max(1)));
+                std::thread::sleep(period.min(Duration::from_millis(50)));
+            }
+            drop(handler);
         }
         result
     }

@@ -342,6 +342,37 @@ impl Ring {
         core::mem::size_of::<Ring>() + core::mem::size_of_val::<[Cell]>(&self.cells)
     }
 
+    /// Empties the ring and forgets every claim, drain and drop count, as
+    /// if it had just been made (positions restart at 0).
+    ///
+    /// For a `fork` child, which inherits the ring as the parent's threads
+    /// left it, possibly with a cell claimed by a handler or a drain under
+    /// way on a thread the child does not have: either would otherwise hold
+    /// the consumer (or every drain) for good. Async-signal-safe: stores
+    /// only.
+    ///
+    /// # Safety
+    ///
+    /// Nothing else uses the ring during the call (no other thread, no
+    /// signal handler that could write to it), and no [`Slot`] or drain
+    /// begun before the call is used after it.
+    pub(crate) unsafe fn reset(&self) {
+        for (k, cell) in self.cells.iter().enumerate() {
+            // SAFETY: the caller guarantees exclusive use of the ring.
+            unsafe { cell.record.get_mut().deref() }.live = false;
+            // Relaxed (all stores here): the caller guarantees that nothing
+            // runs concurrently; whoever uses the ring next is ordered
+            // after this call by however it got to run (thread creation,
+            // handler install), as for a new ring. Position `k` is served
+            // by cell `k` and is free.
+            cell.seq.store(k, Ordering::Relaxed);
+        }
+        self.tail.0.store(0, Ordering::Relaxed);
+        self.head.0.store(0, Ordering::Relaxed);
+        self.draining.store(false, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
+    }
+
     /// Claims the next free cell for a sample; async-signal-safe.
     ///
     /// Returns `None`, and counts a drop, when the ring is full or the push
@@ -679,6 +710,35 @@ mod tests {
         let read = ring.drain(|r| stacks.push(r.frames().to_vec()));
         assert_eq!((read, ring.take_dropped()), (1, 0));
         assert_eq!(stacks, [vec![0x1234, 0x5678]]);
+    }
+
+    #[test]
+    fn a_reset_ring_is_empty_and_whole_whatever_a_fork_left_in_it() {
+        let ring = Ring::new(4);
+        // What a fork child may inherit: a cell claimed by a handler on a
+        // thread the child does not have (never published), a record
+        // behind it, drops not yet taken, and a drain that never ended.
+        std::mem::forget(ring.try_reserve().expect("a free cell"));
+        assert!(push(&ring, 1, 1));
+        ring.add_dropped(3);
+        assert!(drain_all(&ring).is_empty(), "held at the unpublished cell");
+        ring.draining.store(true, Ordering::Relaxed);
+
+        // SAFETY: this thread is the ring's only user, and the forgotten
+        // slot is never used.
+        unsafe { ring.reset() };
+        assert_eq!(ring.take_dropped(), 0);
+        for seq in 0..10 {
+            assert!(push(&ring, 2, seq));
+            assert_eq!(drain_all(&ring), [(2, seq)]);
+        }
+        // The whole capacity again, and still counted when full.
+        for seq in 0..4 {
+            assert!(push(&ring, 3, seq));
+        }
+        assert!(!push(&ring, 3, 4));
+        assert_eq!(ring.take_dropped(), 1);
+        assert_eq!(drain_all(&ring), [(3, 0), (3, 1), (3, 2), (3, 3)]);
     }
 
     #[test]

@@ -126,9 +126,19 @@
 //!
 //! Only one [`Timers`] exists per process at a time, since two would double
 //! every sample and fight over `ITIMER_PROF`.
+//!
+//! # Fork
+//!
+//! A child of `fork` inherits none of the kernel timers (POSIX and interval
+//! timers are not copied) but does inherit memory: the one-per-process slot
+//! and, if it can reach it, the parent's `Timers` value. The slot records
+//! the owner's pid, so a child finds it held by another process, i.e.
+//! inherited, and may take it; an inherited `Timers` (owner pid not the
+//! caller's) is inert: `sync` arms nothing, and teardown deletes and
+//! restores nothing, since its ids may name the child's own timers.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use libc::pid_t;
 
@@ -241,30 +251,51 @@ pub fn expirations(info: &libc::siginfo_t) -> u64 {
     1 + u64::from(sys::timer_overrun(info).unwrap_or(0))
 }
 
-/// Set while a [`Timers`] exists; see [`ActiveGuard`].
-static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The pid of the process whose [`Timers`] exists, 0 if none; see
+/// [`ActiveGuard`].
+static ACTIVE: AtomicI32 = AtomicI32::new(0);
 
 /// Proof that this is the only [`Timers`] in the process; dropping it lets the
 /// next one start.
-struct ActiveGuard(());
+struct ActiveGuard {
+    pid: pid_t,
+}
 
 impl ActiveGuard {
     fn acquire() -> Result<Self, TimerError> {
-        // Acquire: pairs with the Release in `drop`, so the previous owner's
-        // teardown (timers deleted, interval timer restored) happens-before
-        // this owner arms anything.
-        ACTIVE
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .map(|_| ActiveGuard(()))
-            .map_err(|_| TimerError::AlreadyRunning)
+        let pid = getpid();
+        let mut seen = 0;
+        loop {
+            if seen == pid {
+                return Err(TimerError::AlreadyRunning);
+            }
+            // `seen` is 0 or another pid: this process's memory holds
+            // another pid only when it was copied by `fork` from that
+            // process, whose timers this one does not have (module docs,
+            // "Fork"), so the slot is free here.
+            // Acquire: pairs with the Release in `drop`, so the previous
+            // owner's teardown (timers deleted, interval timer restored)
+            // happens-before this owner arms anything.
+            match ACTIVE.compare_exchange(seen, pid, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Ok(ActiveGuard { pid }),
+                Err(now) => seen = now,
+            }
+        }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        // Only this guard's own claim is released: one inherited through
+        // `fork` and dropped in the child must not free the child's.
         // Release: publishes this owner's teardown to the next `acquire`.
-        ACTIVE.store(false, Ordering::Release);
+        let _ = ACTIVE.compare_exchange(self.pid, 0, Ordering::Release, Ordering::Relaxed);
     }
+}
+
+fn getpid() -> pid_t {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() }
 }
 
 /// One armed thread.
@@ -369,8 +400,7 @@ impl Timers {
             saved_itimer: None,
             fallback_reason: None,
             last_error: None,
-            // SAFETY: getpid has no preconditions and cannot fail.
-            owner_pid: unsafe { libc::getpid() },
+            owner_pid: active.pid,
             _active: active,
         })
     }
@@ -450,6 +480,11 @@ impl Timers {
         if self.mode != TimerMode::PerThread {
             return Ok(SyncStats::default());
         }
+        if getpid() != self.owner_pid {
+            // Inherited through fork (module docs): arm nothing here.
+            self.armed.clear();
+            return Ok(SyncStats::default());
+        }
         sys::list_threads(&mut self.dirents, &mut self.listed)?;
         self.listed.sort_unstable();
         self.listed.dedup();
@@ -515,8 +550,7 @@ impl Timers {
     }
 
     fn teardown(&mut self) -> Result<(), TimerError> {
-        // SAFETY: getpid has no preconditions and cannot fail.
-        if unsafe { libc::getpid() } != self.owner_pid {
+        if getpid() != self.owner_pid {
             // A forked child: its kernel timers are not ours (fork does not
             // inherit POSIX or interval timers); ids may even collide.
             self.armed.clear();
