@@ -26,6 +26,16 @@
 //! a heap profile, and that its own profiling went on: after each fork a
 //! new batch of its own arrives, with CPU samples.
 //!
+//! A fork must also stay cheap (a service spawning processes by
+//! `fork` + `exec` forks often): the fork handlers must not write to the
+//! 2 MiB sample ring, which would copy every page of it into each child.
+//! Each child counts its minor page faults before doing anything, and the
+//! count may exceed that of a control child, forked before any profiler
+//! ran, by less than half the ring's pages. And the parent starts
+//! processes as a service would, with `std::process::Command`, both by
+//! `posix_spawn` (no fork handlers run) and by `fork` + `exec` (they do):
+//! each runs its program.
+//!
 //! Nothing depends on the machine's speed: CPU work is measured on CPU
 //! clocks, and everything else waits for a condition. A watchdog turns a
 //! hang (of the parent, or of a child: it kills them) into a failure.
@@ -203,6 +213,87 @@ fn builder(dir: &Path) -> ferroprof::ProfilerBuilder {
         .heap_sample_size(HEAP_SAMPLE_SIZE)
 }
 
+/// Starts `sh -c 'exit 7'` ten times by `posix_spawn` (std's way when it
+/// can) and ten by `fork` + `exec` (std's way with a `pre_exec` hook, which
+/// runs the fork handlers); each must run it.
+fn spawn_processes_while_profiling() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+    for _ in 0..10 {
+        let spawned = Command::new("/bin/sh")
+            .args(["-c", "exit 7"])
+            .status()
+            .expect("posix_spawn");
+        assert_eq!(spawned.code(), Some(7), "posix_spawn: {spawned:?}");
+        let mut command = Command::new("/bin/sh");
+        command.args(["-c", "exit 7"]);
+        // SAFETY: the hook does nothing; it only makes std fork and exec.
+        unsafe { command.pre_exec(|| Ok(())) };
+        let forked = command.status().expect("fork + exec");
+        assert_eq!(forked.code(), Some(7), "fork + exec: {forked:?}");
+    }
+}
+
+/// Minor page faults of this process so far (in a new child: since the
+/// fork, including the fork handlers' copy-on-write faults).
+fn minor_faults() -> i64 {
+    // SAFETY: all-zero is a valid rusage; a valid out-pointer.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(0, libc::getrusage(libc::RUSAGE_SELF, &mut usage));
+        usage
+    };
+    usage.ru_minflt
+}
+
+/// Pages of the CPU profiler's sample ring.
+fn ring_pages() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    (ferroprof::cpu::Ring::new(ferroprof::cpu::DEFAULT_CAPACITY).footprint() / page) as i64
+}
+
+/// Forks a child that only reports its page faults since the fork (the
+/// control for [`ring_pages`]'s check); returns them.
+fn control_child_faults() -> i64 {
+    let mut fds = [0; 2];
+    // SAFETY: a valid array of two fds.
+    assert_eq!(0, unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) });
+    // SAFETY: both fds were just created and are owned by nothing else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child calls only async-signal-safe functions (getrusage,
+    // write, _exit).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let faults = minor_faults().to_ne_bytes();
+        // SAFETY: writes the 8 bytes of `faults` to the pipe, then ends the
+        // child at once.
+        unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&write_end),
+                faults.as_ptr().cast(),
+                faults.len(),
+            );
+            libc::_exit(0)
+        }
+    }
+    drop(write_end);
+    CHILD.store(pid, Ordering::SeqCst);
+    let status = wait_for(pid);
+    CHILD.store(0, Ordering::SeqCst);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "control child: status {status:#x}"
+    );
+    let mut bytes = [0u8; 8];
+    std::fs::File::from(read_end)
+        .read_exact(&mut bytes)
+        .expect("the control child's fault count");
+    i64::from_ne_bytes(bytes)
+}
+
 /// Everything a child checks; any failure is the returned message.
 fn child_checks(
     inherited: Profiler,
@@ -315,9 +406,11 @@ fn child_checks(
     Ok(())
 }
 
-/// Runs in the child: reports on `report` and exits, never returns.
+/// Runs in the child: reports on `report` (its page faults at the fork,
+/// `faults`, if all went well; else what failed) and exits, never returns.
 fn child_main(
     report: OwnedFd,
+    faults: i64,
     inherited: Profiler,
     dir: &Path,
     disposition_before_profiling: usize,
@@ -326,7 +419,7 @@ fn child_main(
         child_checks(inherited, dir, disposition_before_profiling)
     }));
     let (code, message) = match outcome {
-        Ok(Ok(())) => (0, String::new()),
+        Ok(Ok(())) => (0, faults.to_string()),
         Ok(Err(message)) => (1, message),
         Err(panic) => (
             2,
@@ -390,9 +483,9 @@ fn fork_while_profiling() {
     let parent_dir = root.join("parent");
     let disposition_before = sigprof_disposition();
 
-    let profiler = builder(&parent_dir)
-        .start_with_env(&|_| None)
-        .expect("the parent's profiler starts");
+    // The workers first, so that the control child is forked from a
+    // process with the same threads (and allocator arenas) as the others,
+    // less the profiler's own.
     let workers: Vec<_> = (0..2)
         .map(|i| {
             std::thread::Builder::new()
@@ -401,6 +494,12 @@ fn fork_while_profiling() {
                 .unwrap()
         })
         .collect();
+    let control_faults = control_child_faults();
+    let ring_pages = ring_pages();
+
+    let profiler = builder(&parent_dir)
+        .start_with_env(&|_| None)
+        .expect("the parent's profiler starts");
     // Steady state: a batch with CPU samples.
     next_batch_with_samples(&parent_dir, &[]);
 
@@ -421,9 +520,11 @@ fn fork_while_profiling() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
         if pid == 0 {
+            // First, before this child touches anything.
+            let faults = minor_faults();
             drop(read_end);
             let inherited = profiler.take().unwrap();
-            child_main(write_end, inherited, &child_dir, disposition_before);
+            child_main(write_end, faults, inherited, &child_dir, disposition_before);
         }
         CHILD.store(pid, Ordering::SeqCst);
         drop(write_end);
@@ -458,19 +559,32 @@ fn fork_while_profiling() {
                 .all(|b| b.join("delta-heap.pprof").is_file()),
             "child {n}: a batch has no heap profile"
         );
+        let faults: i64 = message.trim().parse().expect("the child's fault count");
         eprintln!(
             "child {n} (pid {pid}): {} batches, {on_child_main} CPU samples on its main thread; \
-             parent batch after the fork: {}, {} samples",
+             parent batch after the fork: {}, {} samples; {faults} page faults at the fork \
+             (control child {control_faults}, ring {ring_pages} pages)",
             child_batches.len(),
             after_fork.display(),
             cpu_samples(&after_fork, None)
         );
+        // Only where the ring spans enough pages to tell from the noise
+        // (4 KiB pages: 514; 64 KiB pages: 33, too few).
+        if ring_pages >= 128 {
+            assert!(
+                faults - control_faults < ring_pages / 2,
+                "child {n}: {faults} page faults at the fork, {control_faults} in a child \
+                 forked before profiling: the fork handlers copied the sample ring \
+                 ({ring_pages} pages)"
+            );
+        }
         assert!(
             on_child_main > 0,
             "child {n}: no CPU sample on its own main thread"
         );
     }
 
+    spawn_processes_while_profiling();
     // And the parent still profiles after the last child is gone.
     let seen = batches(&parent_dir);
     next_batch_with_samples(&parent_dir, &seen);

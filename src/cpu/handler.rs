@@ -22,20 +22,37 @@
 //! and no pending signal. A `pthread_atfork` child handler, registered at
 //! the first install, therefore makes the child a process in which no CPU
 //! profiler runs: it puts back the disposition the handler had replaced,
-//! empties the ring ([`Ring::reset`]) and frees the slot, so the child can
-//! start a CPU profiler of its own. The `Installed` token the child
-//! inherited (if it can reach it at all) remembers the fork generation it
-//! was made in and does nothing when dropped in another one.
+//! marks the ring stale and frees the slot, so the child can start a CPU
+//! profiler of its own. The `Installed` token the child inherited (if it
+//! can reach it at all) remembers the fork generation it was made in and
+//! does nothing when dropped in another one.
+//!
+//! The stale ring is emptied ([`Ring::reset`]) by the child's first
+//! install, not by the child handler: the reset writes to every page of the
+//! ring (2 MiB), and a child of `fork` shares those pages with its parent
+//! until it writes to them. Most children `exec` at once (`fork` + `exec`
+//! is how many programs, `std::process::Command` among them, start
+//! processes), and a reset in the handler would copy the whole ring into
+//! each of them. Until that install nothing in the child reads or writes
+//! the ring: the handler is not its disposition, and an inherited
+//! `CpuProfiler` is inert (module `cpu`, "Fork").
 //!
 //! Install and restore run under [`ForkLock`], which the prepare handler
 //! also takes, so a fork never copies one half-done (disposition changed,
-//! the disposition it replaced not yet saved).
+//! the disposition it replaced not yet saved). The lock's holder blocks
+//! every signal but `SIGPROF` while it holds it: a signal handler that
+//! forks (a crash reporter, say) and interrupted the holder would otherwise
+//! wait forever in the prepare handler for a lock its own thread holds.
+//! (`SIGPROF` stays deliverable so that restoring still discards one that
+//! arrives between the two `sigaction` calls, rather than leaving it
+//! pending for the restored disposition, and ours does not fork.)
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Once;
 
 use ferroprof_alloc::signal::{self, Registers};
+
+use crate::profiler::AtforkOnce;
 
 use super::ring::{Ring, FLAG_NOT_WALKED, FLAG_TRUNCATED, MAX_FRAMES};
 use super::timer::expirations;
@@ -74,28 +91,51 @@ static PREVIOUS: Previous = Previous(UnsafeCell::new(
 /// handler; an [`Installed`] made under another count was inherited.
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
+/// The ring a fork left stale in this process (null: none): published
+/// when this process was forked, emptied by the next install. Set only by
+/// the child handler, taken only by `install` while it holds `CLAIMED`.
+static STALE_RING: AtomicPtr<Ring> = AtomicPtr::new(std::ptr::null_mut());
+
 /// The spin lock behind [`ForkLock`].
 static FORK_LOCK: AtomicBool = AtomicBool::new(false);
-static ATFORK: Once = Once::new();
+static ATFORK: AtforkOnce = AtforkOnce::new();
 
 /// Excludes a fork from an install or a restore, and those from each other.
 ///
 /// A spin lock rather than a `Mutex`: the fork prepare handler takes it and
 /// the parent and child handlers release it, across calls, and the child
 /// releases a lock it copied held. Held for two `sigaction` calls at most,
-/// and never by a signal handler.
-struct ForkLock(());
+/// and never by a signal handler: every signal but `SIGPROF` (whose
+/// handler does not fork) is blocked on the holding thread meanwhile
+/// (module docs, "Fork").
+struct ForkLock {
+    /// The thread's signal mask before `acquire`, put back by `drop`.
+    mask: libc::sigset_t,
+}
 
 impl ForkLock {
     fn acquire() -> ForkLock {
+        // SAFETY: all-zero bytes are a valid sigset_t, filled by sigfillset;
+        // pthread_sigmask gets valid pointers. (glibc leaves its own
+        // internal signals unblocked.)
+        let mask = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigdelset(&mut all, libc::SIGPROF);
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut mask);
+            mask
+        };
         lock_raw();
-        ForkLock(())
+        ForkLock { mask }
     }
 }
 
 impl Drop for ForkLock {
     fn drop(&mut self) {
         unlock_raw();
+        // SAFETY: puts back the mask saved by `acquire`, a valid sigset_t.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut()) };
     }
 }
 
@@ -119,8 +159,9 @@ fn unlock_raw() {
 fn register_fork_handlers() {
     ATFORK.call_once(|| {
         // SAFETY: three `extern "C"` functions that only take or release
-        // the spin lock, call `sigaction` and store atomics (the child one
-        // is async-signal-safe, as a child of a threaded process requires).
+        // the spin lock, call `sigaction` and load and store atomics (the
+        // child one is async-signal-safe, as a child of a threaded process
+        // requires).
         let rc = unsafe {
             libc::pthread_atfork(
                 Some(before_fork),
@@ -148,29 +189,30 @@ extern "C" fn after_fork_in_parent() {
 
 /// In the child: no CPU profiler runs here (see the module docs, "Fork").
 /// The child has one thread, this one, which holds the lock (copied from
-/// the forking thread, which took it in `before_fork`).
+/// the forking thread, which took it in `before_fork`). Writes no page of
+/// the ring.
 extern "C" fn after_fork_in_child() {
+    ATFORK.registered_in_child();
     if STATE.load(Ordering::Relaxed) == ACTIVE {
         // SAFETY: the lock is held and STATE is ACTIVE, so PREVIOUS holds
         // the disposition the handler replaced; sigaction is
-        // async-signal-safe. No SIGPROF is pending in a new child, and none
-        // of its threads can be in the handler: it has only this one.
+        // async-signal-safe. No SIGPROF is pending in a new child, and it
+        // has no timer to send one.
         unsafe { libc::sigaction(libc::SIGPROF, PREVIOUS.0.get(), std::ptr::null_mut()) };
     }
-    // Acquire: pairs with the Release store in `install`.
-    let ring = RING.load(Ordering::Acquire);
-    // SAFETY: a published ring is 'static. The handler is no longer this
-    // process's disposition (restored above, or never installed here), the
-    // child's only thread is here, and the handlers and drains that were
-    // using the ring in the parent ran on threads the child does not have:
-    // nothing else uses the ring during or after the reset, and no `Slot`
-    // of it is reachable.
-    if let Some(ring) = unsafe { ring.as_ref() } {
-        // SAFETY: as above.
-        unsafe { ring.reset() };
+    // The ring the handler wrote to, as the parent's threads left it, for
+    // the child's first install to empty. (If this process was itself left
+    // a stale ring, RING still names it: only an install publishes, and it
+    // empties the stale ring first.)
+    // Relaxed (the load): the forking thread took FORK_LOCK in
+    // `before_fork` after every install whose handler could have written
+    // to a ring had released it, so it sees that install's RING store.
+    // Relaxed (the stores): the child is single-threaded here; threads it
+    // starts later are ordered after this by their creation.
+    let ring = RING.load(Ordering::Relaxed);
+    if !ring.is_null() {
+        STALE_RING.store(ring, Ordering::Relaxed);
     }
-    // Relaxed (both): the child is single-threaded here; threads it starts
-    // later are ordered after this by their creation.
     STATE.store(FREE, Ordering::Relaxed);
     FORKS.fetch_add(1, Ordering::Relaxed);
     unlock_raw();
@@ -228,6 +270,22 @@ impl Installed {
             .is_err()
         {
             return Err(HandlerError::AlreadyInstalled);
+        }
+        // Relaxed: set by the fork child handler before the child had a
+        // second thread, and taken only here, by the one install under way.
+        let stale = STALE_RING.swap(std::ptr::null_mut(), Ordering::Relaxed);
+        // SAFETY: a published ring is 'static. Since the fork that left it
+        // stale, no handler of ours was this process's disposition (the
+        // child handler restored the previous one and this is the first
+        // install since), no drain ran (inherited `CpuProfiler`s drain
+        // nothing, a new one only after its install) and no thread of the
+        // parent is here: nothing uses the ring during the reset, and no
+        // `Slot` or drain from before it is used after. Whoever uses it
+        // next is ordered after the reset by the Release store of RING
+        // below or by program order (this thread's drain).
+        if let Some(stale) = unsafe { stale.as_ref() } {
+            // SAFETY: as above.
+            unsafe { stale.reset() };
         }
         signal::prepare();
         DEPTH.store(depth.clamp(1, MAX_FRAMES), Ordering::Relaxed);
@@ -333,4 +391,53 @@ fn record(ring: &Ring, context: *mut libc::c_void, weight: u64) {
     // SAFETY: gettid has no preconditions and is async-signal-safe.
     let tid = unsafe { libc::gettid() };
     slot.commit(got.frames, tid, flags, weight);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicI32;
+
+    /// Set by the test while it holds the fork lock.
+    static HOLDING: AtomicBool = AtomicBool::new(false);
+    /// -1 until the handler runs; then whether `HOLDING` was set.
+    static SAW_HOLDING: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn on_sigusr2(_: libc::c_int) {
+        // Relaxed (both): the same thread as the test, which reads the
+        // result after the handler returned.
+        SAW_HOLDING.store(
+            i32::from(HOLDING.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[test]
+    fn no_signal_handler_runs_on_a_thread_holding_the_fork_lock() {
+        // SAFETY: all-zero is a valid sigaction; the handler only stores an
+        // atomic; the previous disposition is put back below.
+        let old = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigusr2 as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, &mut old), 0);
+            old
+        };
+        let lock = ForkLock::acquire();
+        // Relaxed (all): this thread's own flags (see `on_sigusr2`).
+        HOLDING.store(true, Ordering::Relaxed);
+        // A signal handler that forks, arriving now, would wait forever in
+        // `before_fork` for the lock this thread holds.
+        // SAFETY: raises SIGUSR2 on this thread; its handler is set above.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
+        let during = SAW_HOLDING.load(Ordering::Relaxed);
+        HOLDING.store(false, Ordering::Relaxed);
+        drop(lock);
+        let after = SAW_HOLDING.load(Ordering::Relaxed);
+        // SAFETY: puts back the disposition saved above.
+        unsafe { libc::sigaction(libc::SIGUSR2, &old, std::ptr::null_mut()) };
+        assert_eq!(during, -1, "a signal handler ran while the lock was held");
+        assert_eq!(after, 0, "the signal was not delivered after the release");
+    }
 }

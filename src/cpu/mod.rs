@@ -11,8 +11,9 @@
 //! A child of `fork` starts with no CPU profiler running, whatever ran in
 //! the parent: it inherits no timer and no pending signal, and a
 //! `pthread_atfork` child handler puts back the `SIGPROF` disposition and
-//! empties the sample ring (the handler module's docs, "Fork"), so the
-//! child can [`start`](CpuProfiler::start) a profiler of its own. A
+//! marks the sample ring stale, to be emptied when the child
+//! [`start`](CpuProfiler::start)s a profiler of its own (the handler
+//! module's docs, "Fork"). A
 //! `CpuProfiler` value the child inherited (one owned by the forking
 //! thread) is inert there: `poll` reads and arms nothing, `collect` returns
 //! only what was drained before the fork, and stopping or dropping it
@@ -149,7 +150,8 @@ impl CpuProfiler {
 
     fn drain(&mut self) {
         if self.inherited() {
-            // The ring is the child's own now (emptied at the fork).
+            // The ring is the child's own now (stale until its first
+            // install empties it).
             return;
         }
         let aggregator = &mut self.aggregator;

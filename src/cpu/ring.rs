@@ -348,8 +348,9 @@ impl Ring {
     /// For a `fork` child, which inherits the ring as the parent's threads
     /// left it, possibly with a cell claimed by a handler or a drain under
     /// way on a thread the child does not have: either would otherwise hold
-    /// the consumer (or every drain) for good. Async-signal-safe: stores
-    /// only.
+    /// the consumer (or every drain) for good. The child's first install
+    /// calls it (not the fork child handler: it writes to every page).
+    /// Async-signal-safe: stores only.
     ///
     /// # Safety
     ///
