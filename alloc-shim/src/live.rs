@@ -256,3 +256,112 @@ fn read_fields(slot: &Slot) -> LiveRecord {
         weight_objects: slot.weight_objects.load(Ordering::Relaxed),
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! Small enough for Miri, whose data-race detector and weak-memory
+    //! emulation then check the seqlock and the free stack on every run.
+
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicBool;
+
+    const OPS: u64 = if cfg!(miri) { 60 } else { 20_000 };
+    const WRITERS: u32 = 2;
+    const CAPACITY: u32 = 5;
+
+    /// A record whose every field derives from `(owner, seq)`: a torn read
+    /// fails to decode.
+    fn encode(owner: u32, seq: u64) -> LiveRecord {
+        let key = u64::from(owner) << 40 | seq;
+        let mix = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        LiveRecord {
+            addr: key,
+            size: mix >> 7,
+            stack: owner ^ mix as u32,
+            weight_bytes: mix.rotate_left(17),
+            weight_objects: !mix,
+        }
+    }
+
+    fn decodes(r: &LiveRecord) -> bool {
+        encode((r.addr >> 40) as u32, r.addr & ((1 << 40) - 1)) == *r
+    }
+
+    #[test]
+    fn writers_and_a_snapshot_reader_never_see_a_torn_or_lost_record() {
+        let table = LiveTable::new(CAPACITY).unwrap();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut snapshots = 0u64;
+                loop {
+                    // Acquire: pairs with the Release store below, so the
+                    // last snapshot starts after every writer finished.
+                    let last = done.load(std::sync::atomic::Ordering::Acquire);
+                    let mut seen = 0;
+                    table.for_each(|r| {
+                        assert!(decodes(&r), "torn record {r:?}");
+                        seen += 1;
+                    });
+                    assert!(seen <= CAPACITY);
+                    snapshots += 1;
+                    if last {
+                        assert_eq!(seen, 0, "records left after every remove");
+                        return snapshots;
+                    }
+                    std::thread::yield_now();
+                }
+            });
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|owner| {
+                    let table = &table;
+                    s.spawn(move || {
+                        // The slots this writer holds and what it put there.
+                        let mut held: Vec<(u32, LiveRecord)> = Vec::new();
+                        for seq in 1..=OPS {
+                            let rec = encode(owner, seq);
+                            match seq % 4 {
+                                0 | 1 => {
+                                    // None: full; the next removes make room.
+                                    if let Some(slot) = table.insert(rec) {
+                                        held.push((slot, rec));
+                                    }
+                                }
+                                2 if !held.is_empty() => {
+                                    let i = seq as usize % held.len();
+                                    let (slot, old) = &mut held[i];
+                                    assert_eq!(table.get(*slot), *old);
+                                    table.update(*slot, rec);
+                                    *old = rec;
+                                }
+                                _ if !held.is_empty() => {
+                                    let (slot, old) = held.swap_remove(0);
+                                    assert_eq!(table.remove(slot), old, "slot {slot}");
+                                }
+                                _ => {}
+                            }
+                        }
+                        for (slot, old) in held {
+                            assert_eq!(table.remove(slot), old, "slot {slot}");
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            // Release: see the Acquire load in the reader.
+            done.store(true, std::sync::atomic::Ordering::Release);
+            assert!(reader.join().unwrap() >= 1);
+        });
+        assert!(table.is_empty(), "len {} after every remove", table.len());
+        // No slot was lost or handed out twice by the free stack.
+        let slots: HashSet<u32> = (0..CAPACITY)
+            .map(|i| table.insert(encode(9, u64::from(i))).expect("a free slot"))
+            .collect();
+        assert_eq!(slots.len(), CAPACITY as usize);
+        assert!(slots.iter().all(|&s| s < CAPACITY));
+        assert_eq!(table.insert(encode(9, 99)), None, "over-full");
+    }
+}

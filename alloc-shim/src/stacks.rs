@@ -280,3 +280,80 @@ fn hash_frames(frames: &[u64], truncated: bool) -> u64 {
     h ^= h >> 32;
     h.max(1)
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! Small enough for Miri, whose data-race detector and weak-memory
+    //! emulation then check the claim-then-publish protocol on every run.
+
+    use super::*;
+    use std::collections::HashMap;
+
+    const ROUNDS: u64 = if cfg!(miri) { 20 } else { 20_000 };
+    const THREADS: u64 = 3;
+
+    /// Stacks the threads share, one of them truncated. The table has 16
+    /// entries: room for every stack even if each were stored by all three
+    /// threads (a waiter that gives up stores its own copy), and few
+    /// enough that several stacks probe past each other.
+    fn pool() -> Vec<(Vec<u64>, bool)> {
+        vec![
+            (vec![0x1000, 0x2000, 0x3000], false),
+            (vec![0x1000, 0x2000, 0x3000], true),
+            (vec![0x1008], false),
+            (vec![0x1008, 0x1010, 0x1018, 0x1020, 0x1028], false),
+            (vec![], false),
+        ]
+    }
+
+    #[test]
+    fn threads_interning_the_same_stacks_agree_on_frames_and_totals() {
+        let table = StackTable::new(16, 64).unwrap();
+        let pool = pool();
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (table, pool) = (&table, &pool);
+                s.spawn(move || {
+                    for round in 0..ROUNDS {
+                        let k = ((round + t) % pool.len() as u64) as usize;
+                        let (frames, truncated) = &pool[k];
+                        let id = table.intern(frames, *truncated);
+                        assert_ne!(id, OVERFLOW, "room for every stack");
+                        let view = table.get(id).expect("an interned id is ready");
+                        assert_eq!((&view.frames, view.truncated), (frames, *truncated));
+                        table.add(id, k as u64 + 1, 1);
+                    }
+                });
+            }
+        });
+        // Per distinct stack: the samples and bytes added under all its ids
+        // (a stack may rarely get two ids; their totals still add up).
+        let mut totals: HashMap<(Vec<u64>, bool), (u64, u64)> = HashMap::new();
+        let mut ids = 0;
+        for id in table.ids() {
+            let v = table.get(id).unwrap();
+            let t = totals.entry((v.frames, v.truncated)).or_default();
+            t.0 += v.alloc_objects;
+            t.1 += v.alloc_bytes;
+            ids += 1;
+        }
+        assert_eq!(ids, table.len());
+        assert_eq!(totals.len(), pool.len(), "every stack is stored");
+        for (k, stack) in pool.into_iter().enumerate() {
+            // Thread t interns stack k in the rounds where (round + t) % n == k.
+            let samples: u64 = (0..THREADS)
+                .map(|t| {
+                    (0..ROUNDS)
+                        .filter(|r| ((r + t) % totals.len() as u64) as usize == k)
+                        .count() as u64
+                })
+                .sum();
+            assert_eq!(
+                totals[&stack],
+                (samples, samples * (k as u64 + 1)),
+                "{stack:?}"
+            );
+        }
+        assert_eq!(table.overflowed(), 0);
+    }
+}
