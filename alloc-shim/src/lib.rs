@@ -46,6 +46,10 @@ use core::alloc::GlobalAlloc;
 #[cfg(any(not(feature = "heap"), loom))]
 use core::alloc::Layout;
 
+/// Fork-handler registration shared by ferroprof's parts (not a user API).
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod atfork;
 pub mod live;
 mod primitive;
 #[cfg(not(loom))]

@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize,
 
 use ferroprof_alloc::signal::{self, Registers};
 
-use crate::profiler::AtforkOnce;
+use ferroprof_alloc::atfork::AtforkOnce;
 
 use super::ring::{Ring, FLAG_NOT_WALKED, FLAG_TRUNCATED, MAX_FRAMES};
 use super::timer::expirations;

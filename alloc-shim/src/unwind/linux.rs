@@ -1,6 +1,7 @@
 //! Linux on x86_64 and aarch64: registers by inline assembly, modules from
 //! `dl_iterate_phdr`, frames by framehop or the frame-pointer chain.
 
+use crate::atfork::AtforkOnce;
 use core::ops::Deref;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::ffi::CStr;
@@ -375,7 +376,8 @@ static SUSPECT_STALE: AtomicBool = AtomicBool::new(false);
 static IN_LOADER: AtomicUsize = AtomicUsize::new(0);
 /// Set by the `fork` prepare handler while a fork is under way.
 static FORKING: AtomicBool = AtomicBool::new(false);
-static ATFORK: std::sync::Once = std::sync::Once::new();
+/// Not a `std::sync::Once`: see [`AtforkOnce`].
+static ATFORK: AtforkOnce = AtforkOnce::new();
 
 /// Runs `f`, which calls into the loader, unless a `fork` is under way.
 ///
@@ -412,9 +414,14 @@ extern "C" fn fork_done() {
 }
 
 extern "C" fn fork_child() {
+    ATFORK.registered_in_child();
     // The child has one thread, and it is not inside the loader.
     IN_LOADER.store(0, Ordering::SeqCst);
     FORKING.store(false, Ordering::SeqCst);
+    // Nor inside a rebuild of the module list: one under way on another
+    // thread at the fork would otherwise keep the child from ever
+    // rebuilding (its walks would then never see a library it loads).
+    REBUILDING.store(false, Ordering::Release);
 }
 
 fn loader_generation() -> (u64, u64) {
