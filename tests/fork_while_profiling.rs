@@ -253,15 +253,19 @@ fn ring_pages() -> i64 {
     (ferroprof::cpu::Ring::new(ferroprof::cpu::DEFAULT_CAPACITY).footprint() / page) as i64
 }
 
-/// Forks a child that only reports its page faults since the fork (the
-/// control for [`ring_pages`]'s check); returns them.
-fn control_child_faults() -> i64 {
+/// A pipe (close-on-exec): the read end, then the write end.
+fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: a valid array of two fds.
     assert_eq!(0, unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) });
     // SAFETY: both fds were just created and are owned by nothing else.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Forks a child that only reports its page faults since the fork (the
+/// control for [`ring_pages`]'s check); returns them.
+fn control_child_faults() -> i64 {
+    let (read_end, write_end) = pipe();
     // SAFETY: the child calls only async-signal-safe functions (getrusage,
     // write, _exit).
     let pid = unsafe { libc::fork() };
@@ -507,12 +511,7 @@ fn fork_while_profiling() {
     for n in 0..CHILDREN {
         let child_dir = root.join(format!("child-{n}"));
         let seen = batches(&parent_dir);
-        let mut fds = [0; 2];
-        // SAFETY: a valid array of two fds.
-        assert_eq!(0, unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) });
-        // SAFETY: both fds were just created and are owned by nothing else.
-        let (read_end, write_end) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read_end, write_end) = pipe();
         // SAFETY: the child only runs `child_main`, which ends in `_exit`;
         // see the module docs for what it may and does rely on after a fork
         // of a multi-threaded process (malloc is usable: jemalloc's fork
