@@ -298,6 +298,29 @@ fn getpid() -> pid_t {
     unsafe { libc::getpid() }
 }
 
+/// A timer whose thread the listing did not show: deleted if the thread is
+/// gone, kept (pushed to `next`, whose tid order the caller preserves) if it
+/// still exists. A listing of `/proc/self/task` taken while other threads
+/// exit can skip a live thread (seen in tests: a new thread missing from one
+/// listing); deleting its timer would lose its samples until the next poll
+/// re-armed it.
+fn retire(
+    unlisted: Armed,
+    next: &mut Vec<Armed>,
+    last_error: &mut Option<TimerError>,
+    stats: &mut SyncStats,
+) {
+    if sys::thread_exists(unlisted.tid) {
+        next.push(unlisted);
+        return;
+    }
+    stats.removed += 1;
+    if let Err(e) = sys::delete(unlisted.timer, Some(unlisted.tid)) {
+        stats.failed += 1;
+        *last_error = Some(e);
+    }
+}
+
 /// One armed thread.
 struct Armed {
     tid: pid_t,
@@ -493,13 +516,10 @@ impl Timers {
         // Merge the sorted listing with the sorted `armed` into `next`.
         let mut old = self.armed.drain(..).peekable();
         for &tid in &self.listed {
-            // Timers of threads below `tid` were not listed: gone.
+            // Timers of threads below `tid` were not listed: gone, unless
+            // the listing missed them (see `keep_unlisted`).
             while let Some(gone) = old.next_if(|a| a.tid < tid) {
-                stats.removed += 1;
-                if let Err(e) = sys::delete(gone.timer, Some(gone.tid)) {
-                    stats.failed += 1;
-                    self.last_error = Some(e);
-                }
+                retire(gone, &mut self.next, &mut self.last_error, &mut stats);
             }
             if let Some(kept) = old.next_if(|a| a.tid == tid) {
                 self.next.push(kept);
@@ -519,11 +539,7 @@ impl Timers {
             }
         }
         for gone in old {
-            stats.removed += 1;
-            if let Err(e) = sys::delete(gone.timer, Some(gone.tid)) {
-                stats.failed += 1;
-                self.last_error = Some(e);
-            }
+            retire(gone, &mut self.next, &mut self.last_error, &mut stats);
         }
         // `armed` is now empty with its capacity kept: it becomes the scratch.
         std::mem::swap(&mut self.armed, &mut self.next);
