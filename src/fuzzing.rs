@@ -24,6 +24,10 @@ use crate::export::{event, Batch};
 use crate::pprof::Profile;
 use crate::Error;
 
+/// Tag keys ferroprof sets itself; a user tag with one of these keys is
+/// ignored (the configuration's own list, for the fuzz targets' checks).
+pub const BUILT_IN_TAG_KEYS: [&str; 13] = config::BUILT_IN_TAG_KEYS;
+
 /// Every environment variable configuration resolution reads (those of
 /// `docs/datadog-intake.md`, plus `DD_PROFILING_URL`).
 pub const ENV_VARIABLES: [&str; 18] = [

@@ -45,22 +45,8 @@ use ferroprof::Error;
 use futures_core::Stream;
 use serde_json::Value;
 
-/// Tag keys ferroprof sets itself (`config::BUILT_IN_TAG_KEYS`).
-pub const BUILT_IN_TAG_KEYS: [&str; 13] = [
-    "service",
-    "env",
-    "version",
-    "host",
-    "runtime-id",
-    "process_id",
-    "profiler_version",
-    "language",
-    "runtime",
-    "runtime_version",
-    "runtime_os",
-    "runtime_arch",
-    "profile_seq",
-];
+/// Tag keys ferroprof sets itself: the library's own list.
+pub use ferroprof::fuzzing::BUILT_IN_TAG_KEYS;
 
 /// One upload to build.
 #[derive(Arbitrary, Debug, Clone)]
