@@ -4,7 +4,7 @@
 //! cargo run --release --example alloc_overhead
 //! ```
 //!
-//! Criterion (`cargo bench --bench alloc`) measures each allocator in its own
+//! Criterion (`cargo bench -p ferroprof-benches --bench alloc`) measures each allocator in its own
 //! block of time; on a shared machine the load moves between blocks and a
 //! 5 ns operation can look 30 % slower or faster from one to the next. This
 //! example instead alternates short bursts of bare jemalloc and of
@@ -24,7 +24,7 @@ use std::time::Instant;
 use ferroprof::{Jemalloc, SamplingAllocator};
 use window::{layout, Window};
 
-/// The window workload of `benches/alloc.rs`, so both measure the same mix.
+/// The window workload of `benches/ferroprof/benches/alloc.rs`, so both measure the same mix.
 #[path = "../benches/window/mod.rs"]
 mod window;
 

@@ -1,4 +1,4 @@
-//! The `window` workload, shared by `benches/alloc.rs` and
+//! The `window` workload, shared by `benches/ferroprof/benches/alloc.rs` and
 //! `examples/alloc_overhead.rs` so both measure the same thing: a ring of
 //! [`RING`] live blocks whose sizes follow a fixed, service-like mix.
 

@@ -127,7 +127,7 @@
 //! owns it from seeing `seq == p + 1` until it stores `p + capacity`.
 //!
 //! Under `--cfg loom` the atomics and the cell come from
-//! [loom](https://docs.rs/loom) (see `tests/cpu_ring_loom.rs`), so the
+//! [loom](https://docs.rs/loom) (see `alloc-shim/tests/cpu_ring_loom.rs`), so the
 //! model-checked code is the code that ships; loom's cell also checks that
 //! the consumer never reads a record a producer still holds, nor the
 //! reverse.
@@ -598,7 +598,7 @@ impl Drop for Claim<'_> {
 }
 
 /// Atomics and the record cell, from loom under `--cfg loom` (model
-/// checked by `tests/cpu_ring_loom.rs`) and from `core` otherwise; the ring
+/// checked by `alloc-shim/tests/cpu_ring_loom.rs`) and from `core` otherwise; the ring
 /// uses nothing else, crossbeam's `primitive` pattern.
 mod primitive {
     #[cfg(loom)]

@@ -109,7 +109,7 @@
 //! maps per sample, then the pruning pass. It allocates nothing per sample;
 //! its working buffers (a few dozen bytes per sample and per location) live
 //! only for the call. 10 000 samples of 32 frames take a few milliseconds,
-//! under half of it building and hashing keys (`benches/pprof.rs`, row
+//! under half of it building and hashing keys (`benches/ferroprof/benches/pprof.rs`, row
 //! `export/delta_10k_x32`).
 
 use std::collections::hash_map::{Entry, HashMap};

@@ -1,10 +1,16 @@
-//! Loom model checks of the CPU sample ring (`src/cpu/ring.rs`): every
-//! interleaving (up to a preemption bound) of a two-cell ring raced by
-//! producers, abandoned slots and drains.
+//! Loom model checks of the CPU sample ring (`ferroprof`'s
+//! `src/cpu/ring.rs`): every interleaving (up to a preemption bound) of a
+//! two-cell ring raced by producers, abandoned slots and drains.
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" cargo test -p ferroprof --test cpu_ring_loom --release
+//! RUSTFLAGS="--cfg loom" cargo test -p ferroprof-alloc --test cpu_ring_loom --release
 //! ```
+//!
+//! The ring belongs to the `ferroprof` crate, but its model checks live
+//! here, next to the tables' (`tests/loom.rs`): the ring's source needs only
+//! loom, and one loom build of this small crate serves both, where a test
+//! of `ferroprof` would build all of its dependencies and dev-dependencies
+//! under `--cfg loom` a second time.
 //!
 //! The preemption bound defaults to 3; `LOOM_MAX_PREEMPTIONS=n` searches
 //! deeper. The ring module is crate-private, so this file compiles its
@@ -19,13 +25,10 @@
 //! Records are built from one value `v` (frames, length, tid and weight all
 //! derive from it) so that a record mixing two writes is caught.
 
-// Until the root Cargo.toml declares `cfg(loom)` (`unexpected_cfgs` with
-// `check-cfg = ["cfg(loom)"]`, as alloc-shim's does), this keeps the
-// attribute below from failing `clippy -D warnings`.
 #![cfg(loom)]
 
 #[allow(dead_code)]
-#[path = "../src/cpu/ring.rs"]
+#[path = "../../src/cpu/ring.rs"]
 mod ring;
 
 use loom::sync::Arc;

@@ -6,10 +6,10 @@
 //! Run with:
 //!
 //! ```text
-//! cargo bench --bench pprof                                  # every size, ~2-3 min
-//! cargo bench --bench pprof -- --warm-up-time 0.5 --measurement-time 1   # shorter
-//! cargo bench --bench pprof -- '_10k_|_5000$'                # one size's rows
-//! CARGO_PROFILE_BENCH_DEBUG=line-tables-only cargo bench --bench pprof  # with DWARF
+//! cargo bench -p ferroprof-benches --bench pprof            # every size, ~2-3 min
+//! cargo bench -p ferroprof-benches --bench pprof -- --warm-up-time 0.5 --measurement-time 1
+//! cargo bench -p ferroprof-benches --bench pprof -- '_10k_|_5000$'   # one size's rows
+//! CARGO_PROFILE_BENCH_DEBUG=line-tables-only cargo bench -p ferroprof-benches --bench pprof  # DWARF
 //! ```
 //!
 //! The targets (issue: heap export budget), on this machine:
@@ -27,7 +27,7 @@
 //! # The fixture
 //!
 //! Per size, a synthetic [`HeapSnapshot`] of `N` stacks of 32 frames each
-//! (`benches/pprof/fixture.rs`), whose frames are addresses in this binary's
+//! (`benches/ferroprof/benches/pprof/fixture.rs`), whose frames are addresses in this binary's
 //! own executable segment, so the symbolizer does real work (module lookup,
 //! DWARF or symbol table, name interning) and the profile gets real
 //! function names and files:
@@ -133,7 +133,8 @@ use ferroprof::heap::{self, HeapProfiler};
 use ferroprof::pprof::{self, Profile, Symbolizer};
 use tikv_jemallocator::Jemalloc;
 
-// The bench's root is `benches/pprof.rs`, so its modules live beside it.
+// The bench's root is `benches/ferroprof/benches/pprof.rs`, so its modules
+// live beside it.
 #[path = "pprof/fixture.rs"]
 mod fixture;
 

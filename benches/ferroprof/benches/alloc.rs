@@ -3,7 +3,7 @@
 //! Run with (a separate target dir keeps it from blocking other builds):
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/tmp/bench-target cargo bench --bench alloc -- --warm-up-time 1 --measurement-time 3
+//! CARGO_TARGET_DIR=/tmp/bench-target cargo bench -p ferroprof-benches --bench alloc -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
 //! These are wall times of operations that take a few nanoseconds: on a
@@ -64,6 +64,7 @@
 //!   `frame-pointers` figure, run the group again with
 //!   `RUSTFLAGS="-C force-frame-pointers=yes"` (and another target dir).
 
+#[path = "../../window/mod.rs"]
 mod window;
 
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout};
