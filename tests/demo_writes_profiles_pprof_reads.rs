@@ -16,6 +16,11 @@ use support::xml::xml_texts;
 /// `target/<profile>/examples/demo`, beside this test's `deps/` folder,
 /// built first: `cargo test` builds the examples only when it runs every
 /// target, and a stale demo would test old code.
+///
+/// The build resolves features over the whole workspace, as
+/// `cargo test --workspace` (the suite's command) does: for the package
+/// alone Cargo would unify them differently and rebuild ferroprof and the
+/// demo for this test, then again for the next `cargo test`.
 fn demo_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe
@@ -24,9 +29,13 @@ fn demo_binary() -> PathBuf {
         .expect("target/<profile>/deps/<test>");
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--example", "demo"]);
+    build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "build",
+        "--quiet",
+        "--workspace",
+        "--example",
+        "demo",
+    ]);
     if release {
         build.arg("--release");
     }
