@@ -17,10 +17,13 @@ use support::xml::xml_texts;
 /// built first: `cargo test` builds the examples only when it runs every
 /// target, and a stale demo would test old code.
 ///
-/// The build resolves features over the whole workspace, as
-/// `cargo test --workspace` (the suite's command) does: for the package
-/// alone Cargo would unify them differently and rebuild ferroprof and the
-/// demo for this test, then again for the next `cargo test`.
+/// The build must find everything `cargo test --workspace` (the suite's
+/// command) just built, or it rebuilds much of the tree for this test and
+/// the next `cargo test` rebuilds it back (70 s of CI each time). So it
+/// resolves features over the whole workspace, as that command does (for
+/// the package alone Cargo unifies them differently), and it does not pass
+/// on the variables Cargo sets for a test (`CARGO_MANIFEST_DIR`, …): a
+/// build script that watches one of them (ring's does) would run again.
 fn demo_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe
@@ -38,6 +41,19 @@ fn demo_binary() -> PathBuf {
     ]);
     if release {
         build.arg("--release");
+    }
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "OUT_DIR"
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_CRATE_")
+            || name.starts_with("CARGO_BIN_")
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+        {
+            build.env_remove(&*name);
+        }
     }
     if let Some(target) = profile_dir.parent() {
         build.env("CARGO_TARGET_DIR", target);
