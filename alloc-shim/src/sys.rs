@@ -101,11 +101,10 @@ cfg_if::cfg_if! {
         /// to where the kernel places mappings now (that range is usually
         /// free); if the kernel puts it elsewhere, that mapping is given
         /// back and it reserves twice the size and gives back the unaligned
-        /// ends. The first way maps
-        /// a third of the address space the second maps and unmaps, which
-        /// is what an emulator like qemu-user pays for page by page (about
-        /// 30 s for the second way under qemu 7.2); for the kernel both are
-        /// a few system calls.
+        /// ends. The first way maps a third of the address space the second
+        /// maps and unmaps, which is what an emulator like qemu-user pays
+        /// for page by page (about 30 s for the second way under qemu 7.2);
+        /// for the kernel both are a few system calls.
         pub(crate) fn reserve_aligned(size: usize) -> Option<NonNull<u8>> {
             reserve_near_mappings(size).or_else(|| reserve_twice_and_trim(size))
         }
