@@ -15,7 +15,9 @@
 //! Rows: alloc+free pairs of 16 B, 64 B, 1 KiB and 64 KiB, and the
 //! benchmark's window: a ring of 4096 live blocks whose sizes follow a fixed
 //! service-like mix (the same sequence for both; `benches/window/mod.rs`):
-//! half of 64 B or less, one block in 128 of 64 KiB.
+//! half of 64 B or less, one block in 128 of 64 KiB. The window runs again
+//! with sampling off: that row is the fast path alone (the countdown and the
+//! region check), so the difference between the two is what samples cost.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
@@ -106,6 +108,17 @@ fn main() {
         wrapped.push(steps(&mut wrapped_ring, 16_384));
     }
     report("window 4096 live", bare, wrapped);
+    // The same with sampling off: what the fast path alone costs, so the
+    // difference to the row above is the cost of the samples.
+    let interval = ferroprof::alloc::sample_interval();
+    ferroprof::alloc::set_sample_interval(0);
+    let (mut bare, mut wrapped) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        bare.push(steps(&mut bare_ring, 16_384));
+        wrapped.push(steps(&mut wrapped_ring, 16_384));
+    }
+    ferroprof::alloc::set_sample_interval(interval);
+    report("  sampling off", bare, wrapped);
     let stats = ferroprof::alloc::stats();
     println!("{} samples taken, {} dropped", stats.samples, stats.dropped);
 }
