@@ -19,9 +19,7 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(ferroprof_cpu)");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    let loom = std::env::var_os("CARGO_CFG_LOOM").is_some();
     if std::env::var_os("CARGO_FEATURE_CPU").is_some()
-        && !loom
         && os == "linux"
         && matches!(arch.as_str(), "x86_64" | "aarch64")
     {

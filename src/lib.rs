@@ -79,34 +79,25 @@ pub use ferroprof_alloc::{Jemalloc, SamplingAllocator};
 /// The sampling allocator's own API: interval, snapshot, statistics.
 pub use ferroprof_alloc as alloc;
 
-#[cfg(not(loom))]
 pub use config::ApiKey;
-#[cfg(not(loom))]
 pub use metrics::{SelfStats, StatsdClient};
-#[cfg(not(loom))]
 pub use profiler::{Profiler, ProfilerBuilder};
 
 use std::fmt;
 
-#[cfg(not(loom))]
 pub mod config;
 // `build.rs` sets `ferroprof_cpu` for the `cpu` feature on Linux x86_64
-// and aarch64 (not under loom).
+// and aarch64.
 #[cfg(ferroprof_cpu)]
 pub mod cpu;
-#[cfg(not(loom))]
 mod export;
 #[doc(hidden)]
-#[cfg(not(loom))]
 pub mod fuzzing;
-#[cfg(not(loom))]
 pub mod heap;
-#[cfg(not(loom))]
 pub mod metrics;
 pub mod pprof;
-#[cfg(not(loom))]
 mod profiler;
-#[cfg(all(feature = "cli", not(loom)))]
+#[cfg(feature = "cli")]
 pub mod view;
 
 /// A kind of profile the profiler collects each period.

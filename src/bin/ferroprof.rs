@@ -14,20 +14,10 @@
 //!
 //! Built with the `cli` feature: `cargo install ferroprof --features cli`.
 
-// Under `--cfg loom` (the model checks) the library has no viewer, but
-// cargo still builds this binary next to the integration tests.
-#[cfg(loom)]
-fn main() {
-    eprintln!("ferroprof: this build (--cfg loom) has no viewer");
-    std::process::exit(1);
-}
-
-#[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
     cli::main()
 }
 
-#[cfg(not(loom))]
 mod cli {
     use std::ffi::OsString;
     use std::io::{self, Write};
