@@ -251,6 +251,17 @@ pub struct MultipartPart {
     pub body: Vec<u8>,
 }
 
+impl MultipartPart {
+    /// The value of header `name`, compared case-insensitively (a part
+    /// with two headers of one name was refused by the parser).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Splits a `multipart/form-data` body (RFC 7578, RFC 2046 section 5.1.1)
 /// sent with the header `Content-Type: content_type`.
 ///

@@ -140,7 +140,7 @@ fn agent_lists_requests_in_order_and_clears_them() {
 #[test]
 fn multipart_parser_rejects_malformed_bodies() {
     let ct = "multipart/form-data; boundary=b";
-    let ok = b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n\r\n--b--";
+    let ok = b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n\r\n--b--\r\n";
     let parts = parse_multipart(ct, ok).unwrap();
     assert_eq!(parts.len(), 1);
     assert_eq!(
@@ -149,16 +149,16 @@ fn multipart_parser_rejects_malformed_bodies() {
     );
     assert_eq!(parts[0].body, b"", "empty content");
 
-    // A quoted boundary, a preamble, and an epilogue.
+    // A quoted boundary, parameters in any case and order.
     let quoted = "Multipart/Form-Data; charset=utf-8; boundary=\"a b\"";
-    let body = b"preamble\r\n--a b\r\nContent-Disposition: form-data; name=x\r\n\r\nv\r\n--a b--\r\nepilogue";
+    let body = b"--a b\r\nContent-Disposition: form-data; name=x\r\n\r\nv\r\n--a b--\r\n";
     let parts = parse_multipart(quoted, body).unwrap();
     assert_eq!(
         (parts[0].name.as_str(), &parts[0].body[..]),
         ("x", &b"v"[..])
     );
 
-    let cases: [(&str, &str, &[u8]); 7] = [
+    let cases: [(&str, &str, &[u8]); 9] = [
         ("not multipart", "application/json", ok),
         ("no boundary", "multipart/form-data", ok),
         (
@@ -182,6 +182,17 @@ fn multipart_parser_rejects_malformed_bodies() {
             b"--b\r\nContent-Type: text/plain\r\n\r\nv\r\n--b--",
         ),
         ("no boundary line", ct, b"just some bytes"),
+        // Strict framing: ferroprof's uploads have neither.
+        (
+            "a preamble",
+            ct,
+            b"preamble\r\n--b\r\nContent-Disposition: form-data; name=x\r\n\r\nv\r\n--b--\r\n",
+        ),
+        (
+            "an epilogue",
+            ct,
+            b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\nv\r\n--b--\r\nepilogue",
+        ),
     ];
     for (what, content_type, body) in cases {
         let result = parse_multipart(content_type, body);
