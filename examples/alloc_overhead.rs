@@ -17,7 +17,8 @@
 //! service-like mix (the same sequence for both; `benches/window/mod.rs`):
 //! half of 64 B or less, one block in 128 of 64 KiB. The window runs again
 //! with sampling off: that row is the fast path alone (the countdown and the
-//! region check), so the difference between the two is what samples cost.
+//! region check), so the difference between the two is what samples cost;
+//! then bare jemalloc against itself (a second ring), the harness's own bias.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
@@ -119,6 +120,16 @@ fn main() {
     }
     ferroprof::alloc::set_sample_interval(interval);
     report("  sampling off", bare, wrapped);
+    // A/A control: bare jemalloc against itself, a second ring in the
+    // wrapped ring's place (same order, same sizes). What it reads beyond
+    // 1.000 is the harness's own bias, not the wrapper's.
+    let mut other_ring = Window::new(&BARE, 0);
+    let (mut bare, mut other) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        bare.push(steps(&mut bare_ring, 16_384));
+        other.push(steps(&mut other_ring, 16_384));
+    }
+    report("  A/A control", bare, other);
     let stats = ferroprof::alloc::stats();
     println!("{} samples taken, {} dropped", stats.samples, stats.dropped);
 }
