@@ -88,7 +88,12 @@
 //! - if a thread exits and the kernel hands its tid to a new thread between
 //!   two syncs (the pid space must wrap within one period), the new thread
 //!   keeps the dead thread's entry and is not sampled until that tid
-//!   disappears from the listing.
+//!   disappears from the listing;
+//! - procfs resumes a listing read in several `getdents64` calls by
+//!   position, so a thread exiting meanwhile can make the listing skip a
+//!   live thread: an armed one keeps its timer (`sync` asks the kernel
+//!   whether an unlisted thread still exists before deleting), a new one is
+//!   armed by a later `sync`.
 //!
 //! Arming each thread from itself at birth (from the alloc-shim's first
 //! allocation on a thread) would close both gaps, at the cost of two syscalls
