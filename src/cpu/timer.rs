@@ -96,7 +96,7 @@
 //!   armed by a later `sync`.
 //!
 //! Arming each thread from itself at birth (from the alloc-shim's first
-//! allocation on a thread) would close both gaps, at the cost of two syscalls
+//! allocation on a thread) would close these gaps, at the cost of two syscalls
 //! on a new thread's first allocation and a map shared between threads; it is
 //! not done.
 //!
