@@ -131,12 +131,20 @@ pub struct Stats {
     pub region_in_use: u64,
     /// Bytes of freed large sampled blocks kept resident for reuse.
     pub region_kept: u64,
+    /// Bytes of unwind tables (`.eh_frame_hdr`, `.eh_frame`) copied out of
+    /// shared libraries, so that a library unloaded while its entry is in
+    /// use is never read (bounded at 64 MiB).
+    pub unwind_copies: u64,
+    /// Libraries left out of stack walks because copying their tables
+    /// would have passed that bound.
+    pub unwind_libraries_left_out: u64,
 }
 
 /// Current statistics, without touching the stacks.
 pub fn stats() -> Stats {
     let c = &COUNTERS;
     let (reserved, committed, in_use, kept) = region::stats();
+    let (copied, left_out) = crate::unwind::copied();
     let full = c.dropped_table_full.load(Ordering::Relaxed);
     let reg = c.dropped_region.load(Ordering::Relaxed);
     let nr = c.dropped_not_ready.load(Ordering::Relaxed);
@@ -150,6 +158,8 @@ pub fn stats() -> Stats {
         region_committed: committed as u64,
         region_in_use: in_use as u64,
         region_kept: kept as u64,
+        unwind_copies: copied as u64,
+        unwind_libraries_left_out: left_out as u64,
         ..Stats::default()
     };
     if let Some(t) = tables() {

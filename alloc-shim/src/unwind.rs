@@ -5,9 +5,10 @@
 //! - **DWARF** (the default): [framehop] evaluates each frame's unwind rule
 //!   from the module's `.eh_frame`, so stacks are right whether or not the
 //!   user's code keeps frame pointers. Modules are found with
-//!   `dl_iterate_phdr` and their unwind sections are used in place (they are
-//!   mapped for as long as the module is loaded); the module list is rebuilt
-//!   when the loader's add/remove counters move. framehop's rule cache makes
+//!   `dl_iterate_phdr`; the main program's unwind sections are used in
+//!   place, every shared library's are copied once (a library can be
+//!   unloaded while a list naming it is still in use); the module list is
+//!   rebuilt when the loader's add/remove counters move. framehop's rule cache makes
 //!   repeated stacks cheap. Caches come from a small pool taken with a
 //!   try-lock, so no thread ever waits for another.
 //! - **Frame pointers**: follows the `rbp`/`x29` chain; faster, and right
@@ -65,7 +66,7 @@ pub(crate) fn max_frames() -> usize {
 cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))] {
         mod linux;
-        pub(crate) use linux::{capture, thread_stack_bounds, SUPPORTED};
+        pub(crate) use linux::{capture, copied, thread_stack_bounds, SUPPORTED};
         pub use linux::signal;
     } else {
         /// Stack capture is not implemented on this platform.
@@ -77,6 +78,10 @@ cfg_if::cfg_if! {
 
         pub(crate) fn thread_stack_bounds() -> Option<(usize, usize)> {
             None
+        }
+
+        pub(crate) fn copied() -> (usize, usize) {
+            (0, 0)
         }
     }
 }

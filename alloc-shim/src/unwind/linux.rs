@@ -18,7 +18,9 @@ pub mod signal;
 /// Stack capture works here.
 pub(crate) const SUPPORTED: bool = true;
 
-/// Section bytes of a loaded module, used where they are mapped.
+/// Unwind section bytes of a module: where the main program maps them (it
+/// is never unloaded), else a copy owned for the rest of the process (see
+/// [`module_of`]).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Mapped(&'static [u8]);
 
@@ -448,6 +450,17 @@ fn loader_generation() -> (u64, u64) {
     generation
 }
 
+/// What [`load_modules`] gathers from the loader's callbacks.
+struct Gather {
+    unwinder: Native,
+    ranges: Vec<(u64, u64)>,
+    /// Objects seen so far (the first is the main program).
+    seen: usize,
+    copies: std::sync::MutexGuard<'static, Vec<Copied>>,
+}
+
+/// Must be called inside `with_loader`, by the thread holding `REBUILDING`
+/// (the only ones to touch [`COPIES`], so never across a `fork`).
 fn load_modules(generation: (u64, u64)) -> Modules {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
@@ -456,21 +469,34 @@ fn load_modules(generation: (u64, u64)) -> Modules {
     ) -> libc::c_int {
         // SAFETY: the loader passes a valid info whose program headers and
         // mapped segments stay valid during the callback; `data` is the
-        // unwinder passed below.
+        // `Gather` passed below.
         unsafe {
-            let (unwinder, ranges) = &mut *(data as *mut (Native, Vec<(u64, u64)>));
-            if let Some(module) = module_of(&*info) {
+            let g = &mut *(data as *mut Gather);
+            let main = g.seen == 0;
+            g.seen += 1;
+            if let Some(module) = module_of(&*info, main, &mut g.copies) {
                 let r = module.avma_range();
-                ranges.push((r.start, r.end));
-                unwinder.add_module(module);
+                g.ranges.push((r.start, r.end));
+                g.unwinder.add_module(module);
             }
         }
         0
     }
-    let mut acc = (Native::new(), Vec::new());
+    let mut g = Gather {
+        unwinder: Native::new(),
+        ranges: Vec::new(),
+        seen: 0,
+        // Never contended (see above); a panic while held cannot leave the
+        // copies inconsistent (they are only appended).
+        copies: COPIES.lock().unwrap_or_else(|e| e.into_inner()),
+    };
     // SAFETY: the callback writes only through `data`, our accumulator.
-    unsafe { libc::dl_iterate_phdr(Some(each), &mut acc as *mut _ as *mut libc::c_void) };
-    let (unwinder, mut ranges) = acc;
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut g as *mut _ as *mut libc::c_void) };
+    let Gather {
+        unwinder,
+        mut ranges,
+        ..
+    } = g;
     ranges.sort_unstable();
     Modules {
         unwinder,
@@ -479,12 +505,97 @@ fn load_modules(generation: (u64, u64)) -> Modules {
     }
 }
 
+/// Unwind sections copied out of a library (see [`module_of`]).
+pub(crate) struct Copied {
+    /// The library's load address and where its sections were mapped.
+    base: usize,
+    hdr_at: usize,
+    eh_at: usize,
+    hdr: &'static [u8],
+    eh: &'static [u8],
+}
+
+/// Every copy made, reused by later module lists while the library stays
+/// where it was with the same bytes. Copies are never freed: a list that
+/// was replaced may still be in use by a walk on another thread.
+static COPIES: std::sync::Mutex<Vec<Copied>> = std::sync::Mutex::new(Vec::new());
+/// Bytes held by [`COPIES`].
+static COPIED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Libraries left out of module lists because copying them would have
+/// passed [`MAX_COPIED_BYTES`] (walks stop at their frames).
+static UNCOPIED: AtomicUsize = AtomicUsize::new(0);
+/// Bound on [`COPIED_BYTES`]: a process that loads and unloads libraries
+/// forever must not grow forever.
+const MAX_COPIED_BYTES: usize = 64 << 20;
+
+/// Bytes of unwind tables copied out of libraries, and libraries left out
+/// because the bound was reached.
+pub(crate) fn copied() -> (usize, usize) {
+    (
+        COPIED_BYTES.load(Ordering::Relaxed),
+        UNCOPIED.load(Ordering::Relaxed),
+    )
+}
+
+/// Owned copies of a library's `.eh_frame_hdr` and `.eh_frame`, made now
+/// or reused.
+fn copy_of(
+    copies: &mut Vec<Copied>,
+    base: usize,
+    (hdr_at, hdr): (usize, &[u8]),
+    (eh_at, eh): (usize, &[u8]),
+) -> Option<(&'static [u8], &'static [u8])> {
+    let same = |c: &&Copied| {
+        (c.base, c.hdr_at, c.eh_at) == (base, hdr_at, eh_at) && c.hdr == hdr && c.eh == eh
+    };
+    if let Some(c) = copies.iter().find(same) {
+        return Some((c.hdr, c.eh));
+    }
+    let bytes = hdr.len() + eh.len();
+    if COPIED_BYTES.load(Ordering::Relaxed) + bytes > MAX_COPIED_BYTES {
+        UNCOPIED.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let (hdr, eh): (&'static [u8], &'static [u8]) = (
+        Box::leak(hdr.to_vec().into_boxed_slice()),
+        Box::leak(eh.to_vec().into_boxed_slice()),
+    );
+    COPIED_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    copies.push(Copied {
+        base,
+        hdr_at,
+        eh_at,
+        hdr,
+        eh,
+    });
+    Some((hdr, eh))
+}
+
 /// framehop's view of one loaded object, or `None` without unwind tables.
+///
+/// A library can be unloaded (`dlclose`) while a module list that names it
+/// is still in use: lists are only rebuilt when a walk or [`signal::prepare`]
+/// notices the loader's counters moved, and a signal handler can never
+/// rebuild one. Reading its sections where they were mapped would then
+/// fault, or read whatever was mapped there since. So only the main
+/// program's sections (`main`: the first object the loader lists, never
+/// unloaded) are used in place; every other object's `.eh_frame_hdr` and
+/// `.eh_frame` are copied, once, while the loader guarantees they are
+/// mapped. A stale entry then at worst unwinds a frame wrongly (the walk
+/// stops or records a wrong caller), never touches unmapped memory. The
+/// copies are small (glibc's are ~190 KB; a typical Rust service's shared
+/// libraries ~250 KB in all), counted in `Stats::unwind_copies`, and bounded
+/// by [`MAX_COPIED_BYTES`]. Code bytes are not given to framehop: it reads
+/// them only for Mach-O and PE.
 ///
 /// # Safety
 ///
 /// `info` must come from `dl_iterate_phdr`, inside its callback.
-unsafe fn module_of(info: &libc::dl_phdr_info) -> Option<Module<Mapped>> {
+unsafe fn module_of(
+    info: &libc::dl_phdr_info,
+    main: bool,
+    copies: &mut Vec<Copied>,
+) -> Option<Module<Mapped>> {
     let base = info.dlpi_addr as usize;
     // SAFETY: the loader guarantees `dlpi_phnum` headers at `dlpi_phdr`.
     let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
@@ -502,33 +613,34 @@ unsafe fn module_of(info: &libc::dl_phdr_info) -> Option<Module<Mapped>> {
         text = Some(text.map_or((s, e), |(ts, te)| (ts.min(s), te.max(e))));
     }
     let (text_lo, text_hi) = text?;
-    // SAFETY: the header segment is mapped for the module's lifetime.
+    // SAFETY: the header segment is mapped while the loader's callback runs
+    // (and, for the main program, for the life of the process).
     let hdr_bytes: &'static [u8] = unsafe {
         core::slice::from_raw_parts((base + hdr_svma.start) as *const u8, hdr_svma.len())
     };
     let eh_frame = eh_frame_address(hdr_bytes, base + hdr_svma.start)? - base;
-    let eh_end = segment_end(eh_frame)?;
-    // SAFETY: `.eh_frame` lies in a loaded segment that ends at `eh_end`.
-    let eh_bytes: &'static [u8] =
-        unsafe { core::slice::from_raw_parts((base + eh_frame) as *const u8, eh_end - eh_frame) };
-    // framehop reads code only to analyse prologues and epilogues; give it
-    // the code when it is one readable segment (no unmapped gaps).
-    let mut exec = loads().filter(|p| p.p_flags & libc::PF_X != 0);
-    let single_readable =
-        exec.next().is_some_and(|p| p.p_flags & libc::PF_R != 0) && exec.next().is_none();
-    let text_bytes = if single_readable {
-        // SAFETY: the only executable segment is mapped readable over
-        // `[text_lo, text_hi)` for the module's lifetime.
-        Some(Mapped(unsafe {
-            core::slice::from_raw_parts((base + text_lo) as *const u8, text_hi - text_lo)
-        }))
-    } else {
-        None
+    let eh_seg_end = segment_end(eh_frame)?;
+    // SAFETY: `.eh_frame` lies in a loaded segment that ends at
+    // `eh_seg_end`, mapped as above.
+    let eh_seg: &'static [u8] = unsafe {
+        core::slice::from_raw_parts((base + eh_frame) as *const u8, eh_seg_end - eh_frame)
     };
+    let eh_bytes = &eh_seg[..eh_frame_len(eh_seg)];
+    let (hdr_bytes, eh_bytes) = if main {
+        (hdr_bytes, eh_bytes)
+    } else {
+        copy_of(
+            copies,
+            base,
+            (hdr_svma.start, hdr_bytes),
+            (eh_frame, eh_bytes),
+        )?
+    };
+    let eh_end = eh_frame + eh_bytes.len();
     let info_sections = ExplicitModuleSectionInfo {
         base_svma: 0,
         text_svma: Some(text_lo as u64..text_hi as u64),
-        text: text_bytes,
+        text: None,
         eh_frame_svma: Some(eh_frame as u64..eh_end as u64),
         eh_frame: Some(Mapped(eh_bytes)),
         eh_frame_hdr_svma: Some(hdr_svma.start as u64..hdr_svma.end as u64),
@@ -545,6 +657,35 @@ unsafe fn module_of(info: &libc::dl_phdr_info) -> Option<Module<Mapped>> {
         base as u64,
         info_sections,
     ))
+}
+
+/// The length of the `.eh_frame` that starts `seg` (which runs to the end
+/// of its segment): its CIEs and FDEs up to and including the zero
+/// terminator, or all of `seg` when an entry's length runs past it or
+/// there is no terminator.
+fn eh_frame_len(seg: &[u8]) -> usize {
+    let word = |at: usize| {
+        seg.get(at..at + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+    };
+    let mut pos = 0;
+    while let Some(len) = word(pos) {
+        let next = match len {
+            0 => return pos + 4,
+            // 64-bit DWARF: the length follows as 8 bytes.
+            0xffff_ffff => seg
+                .get(pos + 4..pos + 12)
+                .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+                .and_then(|l| usize::try_from(l).ok())
+                .and_then(|l| (pos + 12).checked_add(l)),
+            l => (pos + 4).checked_add(l as usize),
+        };
+        match next {
+            Some(next) if next <= seg.len() => pos = next,
+            _ => return seg.len(),
+        }
+    }
+    seg.len()
 }
 
 /// Decodes `eh_frame_ptr` from an `.eh_frame_hdr` mapped at `at`.
