@@ -90,11 +90,21 @@ fn each_period_arrives_as_one_complete_upload() {
         "one request per batch"
     );
 
+    // In `profile_seq` order: at `stop()` the last, partial period goes out
+    // first when earlier batches are still queued (a slow machine).
+    let mut events: Vec<serde_json::Value> = requests.iter().map(check_request).collect();
+    events.sort_by_key(|event| {
+        tags_of(event)
+            .get("profile_seq")
+            .cloned()
+            .unwrap_or_default()
+            .parse::<u64>()
+            .ok()
+    });
     let mut runtime_ids = Vec::new();
     let mut previous_end = None;
-    for (seq, request) in requests.iter().enumerate() {
-        let event = check_request(request);
-        let tags = tags_of(&event);
+    for (seq, event) in events.iter().enumerate() {
+        let tags = tags_of(event);
         for (key, value) in [
             ("service", "upload-test"),
             ("env", "test-env"),
