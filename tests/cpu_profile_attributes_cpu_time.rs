@@ -69,7 +69,8 @@ fn cpu_profile_attributes_cpu_time() {
     let profile = profiler.collect(&mut Symbolizer::default());
     profiler.stop().unwrap();
 
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cpu_two_threads.pprof");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cpu_two_threads-{}.pprof", std::process::id()));
     std::fs::write(&path, pprof::encode(&profile)).unwrap();
     let report = pprof_tools::check(&path);
     assert_eq!(report.sample_types, ["samples/count", "cpu/nanoseconds"]);

@@ -34,8 +34,8 @@ fn churn_256mib_in_256b_blocks() {
 }
 
 fn period(profiler: &mut HeapProfiler, symbolizer: &mut Symbolizer, n: usize) -> Report {
-    let path =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("heap_period_{n}.pprof"));
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("heap_period_{n}-{}.pprof", std::process::id()));
     std::fs::write(&path, pprof::encode(&profiler.collect(symbolizer))).unwrap();
     pprof_tools::check(&path)
 }

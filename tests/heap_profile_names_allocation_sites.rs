@@ -72,7 +72,8 @@ fn heap_profile_names_allocation_sites() {
         SystemTime::now(),
         Duration::from_secs(1),
     );
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("heap_sites.pprof");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("heap_sites-{}.pprof", std::process::id()));
     std::fs::write(&path, pprof::encode(&profile)).unwrap();
 
     let report = pprof_tools::check(&path);

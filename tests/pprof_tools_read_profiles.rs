@@ -163,7 +163,8 @@ fn hand_made_profile(values_of_b: &[u64]) -> Vec<u8> {
 
 /// Writes `bytes` to a file of this test's own under Cargo's tmp dir.
 fn write(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pprof_tools_read_profiles");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pprof_tools_read_profiles-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();

@@ -9,7 +9,8 @@ use ferroprof::pprof::{self, Delta, FrameLine, LabelValue, MappingInfo, Profile,
 use support::pprof_tools::{self, Report};
 
 fn write_and_check(name: &str, profile: &Profile) -> Report {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-{name}", std::process::id()));
     std::fs::write(&path, pprof::encode(profile)).unwrap();
     pprof_tools::check(&path)
 }

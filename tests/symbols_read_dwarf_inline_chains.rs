@@ -37,7 +37,8 @@ extern "C" fn callback() {
 }
 
 fn build_library() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("inline-chain");
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("inline-chain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let source = dir.join("inl.c");
     let library = dir.join("libinl.so");
