@@ -135,8 +135,8 @@ pub struct Stats {
     /// shared libraries, so that a library unloaded while its entry is in
     /// use is never read (bounded at 64 MiB).
     pub unwind_copies: u64,
-    /// Libraries left out of stack walks because copying their tables
-    /// would have passed that bound.
+    /// Times a library was left out of the stack walks' module list
+    /// because copying its tables would have passed that bound.
     pub unwind_libraries_left_out: u64,
 }
 

@@ -521,16 +521,19 @@ pub(crate) struct Copied {
 static COPIES: std::sync::Mutex<Vec<Copied>> = std::sync::Mutex::new(Vec::new());
 /// Bytes held by [`COPIES`].
 static COPIED_BYTES: AtomicUsize = AtomicUsize::new(0);
-/// Libraries left out of module lists because copying them would have
-/// passed [`MAX_COPIED_BYTES`] (walks stop at their frames).
+/// Times a library was left out of a module list because copying it would
+/// have passed [`MAX_COPIED_BYTES`] (walks stop at its frames).
 static UNCOPIED: AtomicUsize = AtomicUsize::new(0);
 /// Bound on [`COPIED_BYTES`]: a process that loads and unloads libraries
 /// forever must not grow forever.
 const MAX_COPIED_BYTES: usize = 64 << 20;
 
-/// Bytes of unwind tables copied out of libraries, and libraries left out
-/// because the bound was reached.
+/// Bytes of unwind tables copied out of libraries, and how many times a
+/// library was left out of a module list because the bound was reached.
 pub(crate) fn copied() -> (usize, usize) {
+    // Relaxed here and where they change: statistics, read on their own.
+    // The copies themselves reach walkers inside a module list, published
+    // with Release and loaded with Acquire (`MODULES`).
     (
         COPIED_BYTES.load(Ordering::Relaxed),
         UNCOPIED.load(Ordering::Relaxed),
