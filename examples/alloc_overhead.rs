@@ -65,6 +65,16 @@ fn steps<A: GlobalAlloc>(window: &mut Window<'_, A>, n: u32) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// [`ROUNDS`] alternating bursts of 16 384 steps of `a` then `b`.
+fn window_rounds<A: GlobalAlloc, B: GlobalAlloc>(
+    a: &mut Window<'_, A>,
+    b: &mut Window<'_, B>,
+) -> (Vec<f64>, Vec<f64>) {
+    (0..ROUNDS)
+        .map(|_| (steps(a, 16_384), steps(b, 16_384)))
+        .unzip()
+}
+
 /// (fastest, median) of `v`.
 fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
@@ -103,32 +113,20 @@ fn main() {
     }
     let mut bare_ring = Window::new(&BARE, 0);
     let mut wrapped_ring = Window::new(&WRAPPED, 0);
-    let (mut bare, mut wrapped) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        bare.push(steps(&mut bare_ring, 16_384));
-        wrapped.push(steps(&mut wrapped_ring, 16_384));
-    }
+    let (bare, wrapped) = window_rounds(&mut bare_ring, &mut wrapped_ring);
     report("window 4096 live", bare, wrapped);
     // The same with sampling off: what the fast path alone costs, so the
     // difference to the row above is the cost of the samples.
     let interval = ferroprof::alloc::sample_interval();
     ferroprof::alloc::set_sample_interval(0);
-    let (mut bare, mut wrapped) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        bare.push(steps(&mut bare_ring, 16_384));
-        wrapped.push(steps(&mut wrapped_ring, 16_384));
-    }
+    let (bare, wrapped) = window_rounds(&mut bare_ring, &mut wrapped_ring);
     ferroprof::alloc::set_sample_interval(interval);
     report("  sampling off", bare, wrapped);
     // A/A control: bare jemalloc against itself, a second ring in the
     // wrapped ring's place (same order, same sizes). What it reads beyond
     // 1.000 is the harness's own bias, not the wrapper's.
     let mut other_ring = Window::new(&BARE, 0);
-    let (mut bare, mut other) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        bare.push(steps(&mut bare_ring, 16_384));
-        other.push(steps(&mut other_ring, 16_384));
-    }
+    let (bare, other) = window_rounds(&mut bare_ring, &mut other_ring);
     report("  A/A control", bare, other);
     let stats = ferroprof::alloc::stats();
     println!("{} samples taken, {} dropped", stats.samples, stats.dropped);
