@@ -69,13 +69,7 @@ extern "C" fn count_sigprof(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
         if SLOT_TID[slot].load(Relaxed) == tid {
             SLOT_PERIODS[slot].fetch_add(periods, Relaxed);
             SLOT_SIGNALS[slot].fetch_add(1, Relaxed);
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `ts` is writable; clock_gettime is async-signal-safe.
-            if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
-                let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            if let Some(ns) = try_clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) {
                 SLOT_LAST_CPU[slot].store(ns, Relaxed);
             }
             return;
@@ -133,13 +127,18 @@ fn periods(slot: usize) -> u64 {
 // ---- clocks and kernel timers --------------------------------------------
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
+    try_clock_ns(clock).unwrap_or_else(|| panic!("clock_gettime({clock}) failed"))
+}
+
+/// `clock`'s time in nanoseconds; async-signal-safe (no panic, no lock).
+fn try_clock_ns(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is writable.
-    assert_eq!(0, unsafe { libc::clock_gettime(clock, &mut ts) });
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // SAFETY: `ts` is writable; clock_gettime is async-signal-safe.
+    (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+        .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -151,11 +150,6 @@ fn thread_cpu_ns() -> u64 {
 /// Not `CLOCK_PROCESS_CPUTIME_ID` (exact runtime): with the CPU oversubscribed,
 /// a thread on the CPU between ticks was charged 2-10x less PROF than runtime.
 const PROCESS_PROF_CLOCK: libc::clockid_t = !0 << 3;
-
-/// The timers' period at [`HZ`], in nanoseconds.
-fn timers_period_ns() -> u64 {
-    1_000_000_000 / u64::from(HZ)
-}
 
 /// Burns CPU on this thread until its own clock advanced by `cpu_ns` (or
 /// [`WALL_CAP`] passed); returns (CPU used, periods received meanwhile).
@@ -453,13 +447,14 @@ fn process_wide_fallback_samples_the_process_and_restores_the_previous_itimer() 
     }
     let process_cpu = clock_ns(PROCESS_PROF_CLOCK) - process_cpu0;
     let got = periods(0) + OTHER_PERIODS.load(Relaxed) - p0;
+    let period_ns = timers.period_ns();
     timers.stop().expect("timers stop");
     SLOT_TID[0].store(0, Relaxed);
 
     // One busy thread: no merged signals, so the count follows the clock
     // ITIMER_PROF runs on.
     assert_proportional("process (PROF clock)", process_cpu, got);
-    if process_cpu >= 2 * timers_period_ns() {
+    if process_cpu >= 2 * period_ns {
         assert!(got > 0, "no samples from ITIMER_PROF");
     }
     let mut now = libc::itimerval {
