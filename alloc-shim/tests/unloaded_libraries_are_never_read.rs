@@ -18,7 +18,7 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{c_void, CStr};
 
 use ferroprof_alloc::signal::{capture, prepare, Registers};
 
@@ -115,8 +115,8 @@ fn a_walk_through_an_unloaded_library_does_not_fault() {
             tried.push(format!("{name:?}: already loaded"));
             continue;
         }
-        // SAFETY: loading a system library runs its constructors, which
-        // these libraries have none of that matters here.
+        // SAFETY: loading a system library runs its constructors; these
+        // libraries' only set up their own state.
         let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW) };
         if handle.is_null() {
             tried.push(format!("{name:?}: not found"));
@@ -147,6 +147,5 @@ fn a_walk_through_an_unloaded_library_does_not_fault() {
         );
         return;
     }
-    let names: Vec<CString> = CANDIDATES.iter().map(|c| (*c).to_owned()).collect();
-    panic!("no candidate library could be loaded and unloaded ({names:?}): {tried:?}");
+    panic!("no candidate library could be loaded and unloaded ({CANDIDATES:?}): {tried:?}");
 }

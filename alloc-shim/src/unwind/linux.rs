@@ -454,8 +454,8 @@ fn loader_generation() -> (u64, u64) {
 struct Gather {
     unwinder: Native,
     ranges: Vec<(u64, u64)>,
-    /// Objects seen so far (the first is the main program).
-    seen: usize,
+    /// Whether the loader has listed the main program yet (it comes first).
+    main_seen: bool,
     copies: std::sync::MutexGuard<'static, Vec<Copied>>,
 }
 
@@ -472,8 +472,8 @@ fn load_modules(generation: (u64, u64)) -> Modules {
         // `Gather` passed below.
         unsafe {
             let g = &mut *(data as *mut Gather);
-            let main = g.seen == 0;
-            g.seen += 1;
+            let main = !g.main_seen;
+            g.main_seen = true;
             if let Some(module) = module_of(&*info, main, &mut g.copies) {
                 let r = module.avma_range();
                 g.ranges.push((r.start, r.end));
@@ -485,7 +485,7 @@ fn load_modules(generation: (u64, u64)) -> Modules {
     let mut g = Gather {
         unwinder: Native::new(),
         ranges: Vec::new(),
-        seen: 0,
+        main_seen: false,
         // Never contended (see above); a panic while held cannot leave the
         // copies inconsistent (they are only appended).
         copies: COPIES.lock().unwrap_or_else(|e| e.into_inner()),
@@ -506,7 +506,7 @@ fn load_modules(generation: (u64, u64)) -> Modules {
 }
 
 /// Unwind sections copied out of a library (see [`module_of`]).
-pub(crate) struct Copied {
+struct Copied {
     /// The library's load address and where its sections were mapped.
     base: usize,
     hdr_at: usize,
