@@ -133,18 +133,22 @@ pub struct Stats {
     pub region_kept: u64,
     /// Bytes of unwind tables (`.eh_frame_hdr`, `.eh_frame`) copied out of
     /// shared libraries, so that a library unloaded while its entry is in
-    /// use is never read (bounded at 64 MiB).
+    /// use is never read (bounded at 64 MiB; freed once no module list in
+    /// use names them).
     pub unwind_copies: u64,
     /// Times a library was left out of the stack walks' module list
     /// because copying its tables would have passed that bound.
     pub unwind_libraries_left_out: u64,
+    /// Module lists the stack walks keep: the current one, and replaced
+    /// ones a walk may still be using (freed as soon as none is).
+    pub unwind_module_lists: u64,
 }
 
 /// Current statistics, without touching the stacks.
 pub fn stats() -> Stats {
     let c = &COUNTERS;
     let (reserved, committed, in_use, kept) = region::stats();
-    let (copied, left_out) = crate::unwind::copied();
+    let (copied, left_out, lists) = crate::unwind::kept();
     let full = c.dropped_table_full.load(Ordering::Relaxed);
     let reg = c.dropped_region.load(Ordering::Relaxed);
     let nr = c.dropped_not_ready.load(Ordering::Relaxed);
@@ -160,6 +164,7 @@ pub fn stats() -> Stats {
         region_kept: kept as u64,
         unwind_copies: copied as u64,
         unwind_libraries_left_out: left_out as u64,
+        unwind_module_lists: lists as u64,
         ..Stats::default()
     };
     if let Some(t) = tables() {

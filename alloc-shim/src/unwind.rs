@@ -66,7 +66,7 @@ pub(crate) fn max_frames() -> usize {
 cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))] {
         mod linux;
-        pub(crate) use linux::{capture, copied, thread_stack_bounds, SUPPORTED};
+        pub(crate) use linux::{capture, kept, thread_stack_bounds, SUPPORTED};
         pub use linux::signal;
     } else {
         /// Stack capture is not implemented on this platform.
@@ -80,8 +80,8 @@ cfg_if::cfg_if! {
             None
         }
 
-        pub(crate) fn copied() -> (usize, usize) {
-            (0, 0)
+        pub(crate) fn kept() -> (usize, usize, usize) {
+            (0, 0, 0)
         }
     }
 }

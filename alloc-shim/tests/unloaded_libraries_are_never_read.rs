@@ -18,8 +18,11 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
-use std::ffi::{c_void, CStr};
+mod common;
 
+use std::ffi::CStr;
+
+use common::code_range;
 use ferroprof_alloc::signal::{capture, prepare, Registers};
 
 /// Libraries of Debian's `libc6` and `zlib1g` (both always installed) that a
@@ -30,49 +33,6 @@ const CANDIDATES: [&CStr; 4] = [
     c"libanl.so.1",
     c"libutil.so.1",
 ];
-
-/// The address range of the executable segment of the loaded object whose
-/// path ends with `name`.
-fn code_range(name: &CStr) -> Option<(u64, u64)> {
-    struct Find {
-        name: Vec<u8>,
-        found: Option<(u64, u64)>,
-    }
-    unsafe extern "C" fn each(
-        info: *mut libc::dl_phdr_info,
-        _: libc::size_t,
-        data: *mut c_void,
-    ) -> libc::c_int {
-        // SAFETY: the loader passes a valid info; `data` is our `Find`.
-        unsafe {
-            let find = &mut *(data as *mut Find);
-            let info = &*info;
-            if info.dlpi_name.is_null()
-                || !CStr::from_ptr(info.dlpi_name)
-                    .to_bytes()
-                    .ends_with(&find.name)
-            {
-                return 0;
-            }
-            let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
-            for p in phdrs {
-                if p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_X != 0 {
-                    let start = info.dlpi_addr + p.p_vaddr;
-                    find.found = Some((start, start + p.p_memsz));
-                    return 1;
-                }
-            }
-        }
-        0
-    }
-    let mut find = Find {
-        name: name.to_bytes().to_vec(),
-        found: None,
-    };
-    // SAFETY: the callback writes only through `data`, our `Find`.
-    unsafe { libc::dl_iterate_phdr(Some(each), &mut find as *mut Find as *mut c_void) };
-    find.found
-}
 
 /// Whether `[start, end)` overlaps any mapping of this process.
 fn mapped(start: u64, end: u64) -> bool {

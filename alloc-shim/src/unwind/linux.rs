@@ -19,15 +19,41 @@ pub mod signal;
 pub(crate) const SUPPORTED: bool = true;
 
 /// Unwind section bytes of a module: where the main program maps them (it
-/// is never unloaded), else a copy owned for the rest of the process (see
-/// [`module_of`]).
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Mapped(&'static [u8]);
+/// is never unloaded), or a copy in [`KEPT`] (see [`module_of`]).
+///
+/// A raw slice because a copy is freed once no module list that names it
+/// can be in use any more ([`reclaim`]): a `Mapped` is only ever read
+/// through a module list a walk has pinned ([`pin`]), and the bytes outlive
+/// every such pin.
+#[derive(Clone, Copy)]
+pub(crate) struct Mapped {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(bytes: &[u8]) -> Mapped {
+        Mapped {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+}
+
+impl Default for Mapped {
+    fn default() -> Mapped {
+        Mapped::new(&[])
+    }
+}
 
 impl Deref for Mapped {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.0
+        // SAFETY: the bytes are the main program's mapping (never unmapped)
+        // or a copy that stays allocated while any module list naming it
+        // may be in use, and this is only reached through such a list
+        // during a pinned walk (see the type's docs).
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
@@ -50,13 +76,22 @@ impl Modules {
     }
 }
 
-/// The current module list. Replaced whole when the loader's counters move;
-/// old lists are leaked because another thread may still be walking with
-/// one. Rebuilds are capped by `MAX_REBUILDS`, so this is bounded.
+/// The current module list, replaced whole when the loader's counters move.
+///
+/// Lists are reclaimed with hazard pointers. A walk publishes the list it
+/// uses in its cache slot's `walking` ([`pin`]), or, without a slot, counts
+/// itself in [`UNSLOTTED`]; a replaced list is kept in [`KEPT`] until a
+/// rebuild finds no slot naming it and no unslotted walk ([`reclaim`]).
+/// That never waits, so signal handlers can walk with a list while another
+/// thread replaces it; if walks keep lists pinned (a thread that died
+/// mid-walk across a `fork`, say), at most [`MAX_RETIRED`] replaced lists
+/// are kept, and then the list is no longer rebuilt.
 static MODULES: AtomicPtr<Modules> = AtomicPtr::new(core::ptr::null_mut());
 static REBUILDING: AtomicBool = AtomicBool::new(false);
-static REBUILDS: AtomicUsize = AtomicUsize::new(0);
-const MAX_REBUILDS: usize = 256;
+/// Replaced lists kept at most, waiting for their walks to finish.
+const MAX_RETIRED: usize = 256;
+/// Walks that hold a module list without a pool slot (every slot was busy).
+static UNSLOTTED: AtomicUsize = AtomicUsize::new(0);
 
 const POOL: usize = 8;
 /// framehop caches per pool slot (see [`bank`]).
@@ -64,14 +99,49 @@ const BANKS: usize = 8;
 struct CacheSlot {
     busy: AtomicBool,
     cache: AtomicPtr<[Cache; BANKS]>,
+    /// The module list the slot's current walk uses (null: none), read by
+    /// [`reclaim`] before it frees a replaced list.
+    walking: AtomicPtr<Modules>,
 }
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE_SLOT: CacheSlot = CacheSlot {
     busy: AtomicBool::new(false),
     cache: AtomicPtr::new(core::ptr::null_mut()),
+    walking: AtomicPtr::new(core::ptr::null_mut()),
 };
 static CACHES: [CacheSlot; POOL] = [FREE_SLOT; POOL];
 static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
+
+/// Publishes in `walking` the current module list and returns it: it stays
+/// allocated until `walking` is cleared. Null when there is no list yet, or
+/// when the list kept changing under us (a rebuild per try: then this walk
+/// does without). Async-signal-safe.
+fn pin(walking: &AtomicPtr<Modules>) -> *const Modules {
+    // SeqCst on the store and both loads, against `reclaim`'s SeqCst store
+    // of `MODULES` and loads of `walking`: in their single total order,
+    // either `reclaim` reads our hazard after we stored it (and keeps the
+    // list), or it read `walking` first, so its replacing store to
+    // `MODULES` came before our re-load, which then sees the change and we
+    // try again. Acquire (part of SeqCst) on the loads also makes the list's
+    // contents, published by that store, visible.
+    let mut cur = MODULES.load(Ordering::SeqCst);
+    for _ in 0..8 {
+        walking.store(cur, Ordering::SeqCst);
+        let now = MODULES.load(Ordering::SeqCst);
+        if now == cur {
+            return cur;
+        }
+        cur = now;
+    }
+    walking.store(core::ptr::null_mut(), Ordering::Release);
+    core::ptr::null()
+}
+
+/// Ends a walk [`pin`] started. Release: the walk's reads of the list
+/// happen before a `reclaim` that sees the slot cleared frees it.
+fn unpin(walking: &AtomicPtr<Modules>) {
+    walking.store(core::ptr::null_mut(), Ordering::Release);
+}
 
 /// The registers of the caller of this function, at the call.
 #[inline(always)]
@@ -205,13 +275,29 @@ fn walk_dwarf(
     read: impl Fn(u64) -> Result<u64, ()>,
     out: &mut Out<'_>,
 ) {
-    let modules = current_modules();
-    // SAFETY: module lists are leaked, never freed, once published.
-    let Some(modules) = (unsafe { modules.as_ref() }) else {
-        out.push(pc);
-        return;
-    };
-    with_cache(|caches| walk_dwarf_with(modules, caches, pc, sp, fp, lr, read, out));
+    rebuild_if_stale();
+    with_cache(|caches, walking| {
+        let modules = match walking {
+            Some(walking) => pin(walking),
+            None => {
+                // SeqCst: as in `pin`, against `reclaim`'s load of the count.
+                UNSLOTTED.fetch_add(1, Ordering::SeqCst);
+                MODULES.load(Ordering::SeqCst)
+            }
+        };
+        // SAFETY: pinned above: the list stays allocated until unpinned.
+        match unsafe { modules.as_ref() } {
+            Some(modules) => walk_dwarf_with(modules, caches, pc, sp, fp, lr, read, out),
+            None => {
+                out.push(pc);
+            }
+        }
+        match walking {
+            Some(walking) => unpin(walking),
+            // Release: as in `unpin`.
+            None => _ = UNSLOTTED.fetch_sub(1, Ordering::Release),
+        }
+    });
 }
 
 /// The DWARF walk proper, with a module list and caches in hand: no
@@ -251,18 +337,19 @@ fn walk_dwarf_with(
                     break;
                 };
                 if !out.push(ret) {
-                    break;
+                    return;
                 }
                 frame = next;
             }
-            Ok(None) => break,
-            Err(_) => {
-                if !modules.covers(frame.address()) {
-                    SUSPECT_STALE.store(true, Ordering::Relaxed);
-                }
-                break;
-            }
+            Ok(None) | Err(_) => break,
         }
+    }
+    // The walk ended (not at the depth limit) in a frame no known module
+    // covers: most likely a library loaded since the list was built, whose
+    // frame framehop could only guess at. The next walk outside a signal
+    // handler asks the loader.
+    if !modules.covers(frame.address_for_lookup()) {
+        SUSPECT_STALE.store(true, Ordering::Relaxed);
     }
 }
 
@@ -279,9 +366,10 @@ fn bank(address: u64) -> usize {
     ((address / 509) % BANKS as u64) as usize
 }
 
-/// Runs `f` with an unwinder cache from the pool, or a fresh one if every
-/// pooled cache is in use (never waits).
-fn with_cache(f: impl FnOnce(&mut [Cache; BANKS])) {
+/// Runs `f` with unwinder caches from the pool and the slot's hazard
+/// pointer, or with fresh caches and no slot if every pooled one is in use
+/// (never waits).
+fn with_cache(f: impl FnOnce(&mut [Cache; BANKS], Option<&AtomicPtr<Modules>>)) {
     // Each thread starts at its own slot, so its rule cache stays warm.
     let start =
         crate::sampler::cache_hint(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8) as usize;
@@ -303,72 +391,123 @@ fn with_cache(f: impl FnOnce(&mut [Cache; BANKS])) {
         }
         // SAFETY: `busy` gives this thread exclusive use of the cache until
         // it is cleared; the cache is never freed.
-        f(unsafe { &mut *cache });
+        f(unsafe { &mut *cache }, Some(&slot.walking));
         // Release: see the Acquire above.
         slot.busy.store(false, Ordering::Release);
         return;
     }
     let mut cache = Box::new(new_banks());
-    f(&mut cache);
+    f(&mut cache, None);
 }
 
 fn new_banks() -> [Cache; BANKS] {
     core::array::from_fn(|_| Cache::default())
 }
 
-/// The module list; rebuilt first when there is none yet, or when the last
-/// walk stopped at an address outside every known module and the loader's
+/// Rebuilds the module list when there is none yet, or when the last walk
+/// ended at an address outside every known module and the loader's
 /// counters say modules changed. Not checked on every sample: asking the
 /// loader takes its lock, which every sampling thread would contend for.
-fn current_modules() -> *const Modules {
-    // Acquire: pairs with the Release store in `rebuild`.
+/// Not for signal handlers (it takes the loader's lock and allocates).
+fn rebuild_if_stale() {
+    // Acquire: pairs with the SeqCst (so Release) store in `rebuild`; the
+    // pointer is only compared and, under `REBUILDING`, read.
     let cur = MODULES.load(Ordering::Acquire);
-    // SAFETY: published lists are never freed.
-    let suspect = match unsafe { cur.as_ref() } {
-        None => true,
-        Some(_) => {
-            SUSPECT_STALE.load(Ordering::Relaxed) && SUSPECT_STALE.swap(false, Ordering::Relaxed)
-        }
-    };
-    if !suspect || REBUILDS.load(Ordering::Relaxed) >= MAX_REBUILDS {
-        return cur;
+    let suspect = cur.is_null()
+        || (SUSPECT_STALE.load(Ordering::Relaxed) && SUSPECT_STALE.swap(false, Ordering::Relaxed));
+    if !suspect {
+        return;
     }
     // Acquire: the rebuild flag is a try-lock; nobody waits on it.
     if REBUILDING
         .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        return cur;
+        return;
     }
-    let fresh = with_loader(|| {
-        let now = loader_generation();
-        // SAFETY: as above.
-        if unsafe { cur.as_ref() }.is_some_and(|m| m.generation == now) {
-            return None;
-        }
-        REBUILDS.fetch_add(1, Ordering::Relaxed);
-        Some(load_modules(now))
-    })
-    .flatten();
-    let result = match fresh {
-        Some(modules) => {
-            let ptr = Box::into_raw(Box::new(modules));
-            // Release: the list's contents are visible to Acquire loaders.
-            MODULES.store(ptr, Ordering::Release);
-            ptr as *const Modules
-        }
-        None => cur,
-    };
+    let _ = with_loader(|| {
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        rebuild(&mut kept);
+    });
     // Release: pairs with the Acquire CAS above.
     REBUILDING.store(false, Ordering::Release);
-    result
+}
+
+/// Builds and publishes a new list if the loader's counters moved, retires
+/// the old one and frees what no walk can be using. Runs inside
+/// `with_loader`, by the thread holding `REBUILDING`.
+fn rebuild(kept: &mut Kept) {
+    let now = loader_generation();
+    let cur = MODULES.load(Ordering::Acquire);
+    // SAFETY: only the `REBUILDING` holder replaces or frees lists, so the
+    // current one stays allocated while we look at it.
+    if unsafe { cur.as_ref() }.is_some_and(|m| m.generation == now) {
+        return;
+    }
+    if kept.retired.len() >= MAX_RETIRED {
+        reclaim(kept);
+        if kept.retired.len() >= MAX_RETIRED {
+            return;
+        }
+    }
+    let fresh = Box::into_raw(Box::new(load_modules(now, kept)));
+    // SeqCst: ordered before `reclaim`'s loads of the hazards (see `pin`);
+    // Release publishes the list's contents.
+    let old = MODULES.swap(fresh, Ordering::SeqCst);
+    if !old.is_null() {
+        kept.retired.push(old as usize);
+    }
+    reclaim(kept);
+}
+
+/// Frees the replaced lists no walk holds, then, when none is left, the
+/// copies the current list does not use. Never waits: what is still held
+/// waits for the next rebuild.
+fn reclaim(kept: &mut Kept) {
+    // SeqCst: after the store to `MODULES` in the single total order (see
+    // `pin`). A walk without a slot that incremented after this load reads
+    // the new list; one before it keeps everything.
+    if UNSLOTTED.load(Ordering::SeqCst) != 0 {
+        return;
+    }
+    let pinned = |list: usize| {
+        signal::CACHES
+            .iter()
+            .chain(&CACHES)
+            // SeqCst: see `pin`.
+            .any(|slot| slot.walking.load(Ordering::SeqCst) as usize == list)
+    };
+    kept.retired.retain(|&list| {
+        if pinned(list) {
+            return true;
+        }
+        // SAFETY: a replaced list (never current again), created by
+        // `Box::into_raw` in `rebuild`, that no walk holds: walks that
+        // start from now on pin the current list.
+        drop(unsafe { Box::from_raw(list as *mut Modules) });
+        false
+    });
+    if kept.retired.is_empty() {
+        let mut freed = 0;
+        kept.copies.retain(|c| {
+            if !c.used {
+                freed += c.hdr.len() + c.eh.len();
+            }
+            c.used
+        });
+        COPIED_BYTES.fetch_sub(freed, Ordering::Relaxed);
+    }
+    LISTS.store(
+        kept.retired.len() + usize::from(!MODULES.load(Ordering::Relaxed).is_null()),
+        Ordering::Relaxed,
+    );
 }
 
 /// Publishes a fresh module list if the loader's counters moved since the
 /// last one (from an ordinary thread: this takes the loader's lock).
 fn refresh_modules() {
     SUSPECT_STALE.store(true, Ordering::Relaxed);
-    let _ = current_modules();
+    rebuild_if_stale();
 }
 
 /// Set when a walk ended at an address no known module covers.
@@ -451,17 +590,18 @@ fn loader_generation() -> (u64, u64) {
 }
 
 /// What [`load_modules`] gathers from the loader's callbacks.
-struct Gather {
+struct Gather<'a> {
     unwinder: Native,
     ranges: Vec<(u64, u64)>,
     /// Whether the loader has listed the main program yet (it comes first).
     main_seen: bool,
-    copies: std::sync::MutexGuard<'static, Vec<Copied>>,
+    copies: &'a mut Vec<Copied>,
 }
 
 /// Must be called inside `with_loader`, by the thread holding `REBUILDING`
-/// (the only ones to touch [`COPIES`], so never across a `fork`).
-fn load_modules(generation: (u64, u64)) -> Modules {
+/// (the only one to touch [`KEPT`], so never across a `fork`). Marks the
+/// copies the new list uses.
+fn load_modules(generation: (u64, u64), kept: &mut Kept) -> Modules {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
@@ -471,10 +611,10 @@ fn load_modules(generation: (u64, u64)) -> Modules {
         // mapped segments stay valid during the callback; `data` is the
         // `Gather` passed below.
         unsafe {
-            let g = &mut *(data as *mut Gather);
+            let g = &mut *(data as *mut Gather<'_>);
             let main = !g.main_seen;
             g.main_seen = true;
-            if let Some(module) = module_of(&*info, main, &mut g.copies) {
+            if let Some(module) = module_of(&*info, main, g.copies) {
                 let r = module.avma_range();
                 g.ranges.push((r.start, r.end));
                 g.unwinder.add_module(module);
@@ -482,13 +622,14 @@ fn load_modules(generation: (u64, u64)) -> Modules {
         }
         0
     }
+    for c in &mut kept.copies {
+        c.used = false;
+    }
     let mut g = Gather {
         unwinder: Native::new(),
         ranges: Vec::new(),
         main_seen: false,
-        // Never contended (see above); a panic while held cannot leave the
-        // copies inconsistent (they are only appended).
-        copies: COPIES.lock().unwrap_or_else(|e| e.into_inner()),
+        copies: &mut kept.copies,
     };
     // SAFETY: the callback writes only through `data`, our accumulator.
     unsafe { libc::dl_iterate_phdr(Some(each), &mut g as *mut _ as *mut libc::c_void) };
@@ -511,15 +652,33 @@ struct Copied {
     base: usize,
     hdr_at: usize,
     eh_at: usize,
-    hdr: &'static [u8],
-    eh: &'static [u8],
+    hdr: Box<[u8]>,
+    eh: Box<[u8]>,
+    /// The current module list uses it (set by [`load_modules`]).
+    used: bool,
 }
 
-/// Every copy made, reused by later module lists while the library stays
-/// where it was with the same bytes. Copies are never freed: a list that
-/// was replaced may still be in use by a walk on another thread.
-static COPIES: std::sync::Mutex<Vec<Copied>> = std::sync::Mutex::new(Vec::new());
-/// Bytes held by [`COPIES`].
+/// What the module lists own beyond the current one.
+struct Kept {
+    /// Every copy that a list in use may name, reused by later lists while
+    /// the library stays where it was with the same bytes. Freed by
+    /// [`reclaim`] once no list that names it can be in use.
+    copies: Vec<Copied>,
+    /// Replaced lists (addresses of `Box<Modules>`) that a walk may still
+    /// be using.
+    retired: Vec<usize>,
+}
+
+/// Touched only by the thread holding `REBUILDING`, so never contended; a
+/// panic while it is held cannot leave it inconsistent (entries are only
+/// pushed and removed whole).
+static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(Kept {
+    copies: Vec::new(),
+    retired: Vec::new(),
+});
+/// Module lists allocated: the current one and the replaced ones in [`KEPT`].
+static LISTS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes of the copies in [`KEPT`].
 static COPIED_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Times a library was left out of a module list because copying it would
 /// have passed [`MAX_COPIED_BYTES`] (walks stop at its frames).
@@ -528,50 +687,53 @@ static UNCOPIED: AtomicUsize = AtomicUsize::new(0);
 /// forever must not grow forever.
 const MAX_COPIED_BYTES: usize = 64 << 20;
 
-/// Bytes of unwind tables copied out of libraries, and how many times a
-/// library was left out of a module list because the bound was reached.
-pub(crate) fn copied() -> (usize, usize) {
+/// What the unwinder holds, for `Stats`: bytes of unwind tables copied out
+/// of libraries, how many times a library was left out of a module list
+/// because the bound was reached, and the module lists allocated.
+pub(crate) fn kept() -> (usize, usize, usize) {
     // Relaxed here and where they change: statistics, read on their own.
     // The copies themselves reach walkers inside a module list, published
-    // with Release and loaded with Acquire (`MODULES`).
+    // and pinned with SeqCst (`MODULES`, `pin`).
     (
         COPIED_BYTES.load(Ordering::Relaxed),
         UNCOPIED.load(Ordering::Relaxed),
+        LISTS.load(Ordering::Relaxed),
     )
 }
 
-/// Owned copies of a library's `.eh_frame_hdr` and `.eh_frame`, made now
-/// or reused.
+/// Copies of a library's `.eh_frame_hdr` and `.eh_frame`, made now or
+/// reused, marked used by the list being built.
 fn copy_of(
     copies: &mut Vec<Copied>,
     base: usize,
     (hdr_at, hdr): (usize, &[u8]),
     (eh_at, eh): (usize, &[u8]),
-) -> Option<(&'static [u8], &'static [u8])> {
-    let same = |c: &&Copied| {
-        (c.base, c.hdr_at, c.eh_at) == (base, hdr_at, eh_at) && c.hdr == hdr && c.eh == eh
+) -> Option<(Mapped, Mapped)> {
+    let same = |c: &&mut Copied| {
+        (c.base, c.hdr_at, c.eh_at) == (base, hdr_at, eh_at) && *c.hdr == *hdr && *c.eh == *eh
     };
-    if let Some(c) = copies.iter().find(same) {
-        return Some((c.hdr, c.eh));
+    if let Some(c) = copies.iter_mut().find(same) {
+        c.used = true;
+        return Some((Mapped::new(&c.hdr), Mapped::new(&c.eh)));
     }
     let bytes = hdr.len() + eh.len();
     if COPIED_BYTES.load(Ordering::Relaxed) + bytes > MAX_COPIED_BYTES {
         UNCOPIED.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    let (hdr, eh): (&'static [u8], &'static [u8]) = (
-        Box::leak(hdr.to_vec().into_boxed_slice()),
-        Box::leak(eh.to_vec().into_boxed_slice()),
-    );
-    COPIED_BYTES.fetch_add(bytes, Ordering::Relaxed);
-    copies.push(Copied {
+    let c = Copied {
         base,
         hdr_at,
         eh_at,
-        hdr,
-        eh,
-    });
-    Some((hdr, eh))
+        hdr: hdr.into(),
+        eh: eh.into(),
+        used: true,
+    };
+    // The boxes' bytes do not move when `copies` grows.
+    let mapped = (Mapped::new(&c.hdr), Mapped::new(&c.eh));
+    COPIED_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    copies.push(c);
+    Some(mapped)
 }
 
 /// framehop's view of one loaded object, or `None` without unwind tables.
@@ -587,8 +749,9 @@ fn copy_of(
 /// mapped. A stale entry then at worst unwinds a frame wrongly (the walk
 /// stops or records a wrong caller), never touches unmapped memory. The
 /// copies are small (glibc's are ~190 KB; a typical Rust service's shared
-/// libraries ~250 KB in all), counted in `Stats::unwind_copies`, and bounded
-/// by [`MAX_COPIED_BYTES`]. Code bytes are not given to framehop: it reads
+/// libraries ~250 KB in all), counted in `Stats::unwind_copies`, bounded
+/// by [`MAX_COPIED_BYTES`], and freed with the last list that names them
+/// ([`reclaim`]). Code bytes are not given to framehop: it reads
 /// them only for Mach-O and PE.
 ///
 /// # Safety
@@ -630,7 +793,7 @@ unsafe fn module_of(
     };
     let eh_bytes = &eh_seg[..eh_frame_len(eh_seg)];
     let (hdr_bytes, eh_bytes) = if main {
-        (hdr_bytes, eh_bytes)
+        (Mapped::new(hdr_bytes), Mapped::new(eh_bytes))
     } else {
         copy_of(
             copies,
@@ -645,9 +808,9 @@ unsafe fn module_of(
         text_svma: Some(text_lo as u64..text_hi as u64),
         text: None,
         eh_frame_svma: Some(eh_frame as u64..eh_end as u64),
-        eh_frame: Some(Mapped(eh_bytes)),
+        eh_frame: Some(eh_bytes),
         eh_frame_hdr_svma: Some(hdr_svma.start as u64..hdr_svma.end as u64),
-        eh_frame_hdr: Some(Mapped(hdr_bytes)),
+        eh_frame_hdr: Some(hdr_bytes),
         ..Default::default()
     };
     // SAFETY: `dlpi_name` is a NUL-terminated string or null.

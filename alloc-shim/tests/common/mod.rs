@@ -62,3 +62,47 @@ pub fn deep(n: usize, size: usize) -> Vec<u8> {
     let v = deep(n - 1, size);
     std::hint::black_box(v)
 }
+
+/// The address range of the executable segment of the loaded object whose
+/// path ends with `name`.
+#[cfg(target_os = "linux")]
+pub fn code_range(name: &std::ffi::CStr) -> Option<(u64, u64)> {
+    struct Find {
+        name: Vec<u8>,
+        found: Option<(u64, u64)>,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _: libc::size_t,
+        data: *mut std::ffi::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid info; `data` is our `Find`.
+        unsafe {
+            let find = &mut *(data as *mut Find);
+            let info = &*info;
+            if info.dlpi_name.is_null()
+                || !std::ffi::CStr::from_ptr(info.dlpi_name)
+                    .to_bytes()
+                    .ends_with(&find.name)
+            {
+                return 0;
+            }
+            let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+            for p in phdrs {
+                if p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_X != 0 {
+                    let start = info.dlpi_addr + p.p_vaddr;
+                    find.found = Some((start, start + p.p_memsz));
+                    return 1;
+                }
+            }
+        }
+        0
+    }
+    let mut find = Find {
+        name: name.to_bytes().to_vec(),
+        found: None,
+    };
+    // SAFETY: the callback writes only through `data`, our `Find`.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut find as *mut Find as *mut std::ffi::c_void) };
+    find.found
+}

@@ -7,7 +7,9 @@
 //! allocator themselves. This walk does neither:
 //!
 //! - **Modules** are the list the allocator's walk or [`prepare`] last
-//!   published; the handler only loads the pointer (lists are never freed).
+//!   published; the handler only pins it in its cache slot (a hazard
+//!   pointer: a replaced list is freed by the thread that replaced it, once
+//!   no slot names it).
 //!   [`prepare`], called from an ordinary thread (the profiler's, every
 //!   period), rebuilds it when the loader's counters moved.
 //! - **Unwinder caches** come from a pool of their own, allocated by
@@ -27,7 +29,9 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::{on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, POOL};
+use super::{
+    on_alt_stack, pin, unpin, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, POOL,
+};
 use crate::unwind::UnwindMode;
 
 /// The registers a walk starts from.
@@ -89,7 +93,7 @@ pub struct SignalCapture {
 }
 
 /// The signal pool: slots like the allocator's, never lazily filled here.
-static CACHES: [CacheSlot; POOL] = [FREE_SLOT; POOL];
+pub(super) static CACHES: [CacheSlot; POOL] = [FREE_SLOT; POOL];
 
 static NO_BOUNDS: AtomicU64 = AtomicU64::new(0);
 static NO_CACHE: AtomicU64 = AtomicU64::new(0);
@@ -103,7 +107,8 @@ pub struct SignalStats {
     pub no_bounds: u64,
     /// Every unwinder cache of the signal pool was in use.
     pub no_cache: u64,
-    /// No module list had been published yet (DWARF mode).
+    /// No module list had been published yet, or it was being replaced at
+    /// every try (DWARF mode).
     pub no_modules: u64,
     /// Reads of `/proc/self/maps` to learn a thread's stack bounds.
     pub maps_scans: u64,
@@ -192,14 +197,6 @@ fn walk_dwarf_in_signal(
     read: impl Fn(u64) -> Result<u64, ()>,
     out: &mut Out<'_>,
 ) -> bool {
-    // Acquire: pairs with the Release publication of the list.
-    let modules = super::MODULES.load(Ordering::Acquire);
-    // SAFETY: published module lists are never freed.
-    let Some(modules) = (unsafe { modules.as_ref() }) else {
-        NO_MODULES.fetch_add(1, Ordering::Relaxed);
-        out.push(regs.pc);
-        return false;
-    };
     for slot in &CACHES {
         // Acquire: pairs with the Release store of `busy = false`, so the
         // previous user's writes to the cache are visible.
@@ -210,19 +207,32 @@ fn walk_dwarf_in_signal(
         {
             continue;
         }
-        let cache = slot.cache.load(Ordering::Relaxed);
         // SAFETY: `busy` gives this handler exclusive use of the cache; it
         // is never freed. Null when `prepare` has not run: then skip it.
-        if let Some(cache) = unsafe { cache.as_mut() } {
-            walk_dwarf_with(
-                modules, cache, regs.pc, regs.sp, regs.fp, regs.lr, &read, out,
-            );
-        }
+        let Some(cache) = (unsafe { slot.cache.load(Ordering::Relaxed).as_mut() }) else {
+            // Release: see the Acquire above.
+            slot.busy.store(false, Ordering::Release);
+            continue;
+        };
+        let modules = pin(&slot.walking);
+        // SAFETY: pinned: the list stays allocated until unpinned.
+        let walked = match unsafe { modules.as_ref() } {
+            Some(modules) => {
+                walk_dwarf_with(
+                    modules, cache, regs.pc, regs.sp, regs.fp, regs.lr, &read, out,
+                );
+                true
+            }
+            None => false,
+        };
+        unpin(&slot.walking);
         // Release: see the Acquire above.
         slot.busy.store(false, Ordering::Release);
-        if !cache.is_null() {
-            return true;
+        if !walked {
+            NO_MODULES.fetch_add(1, Ordering::Relaxed);
+            out.push(regs.pc);
         }
+        return walked;
     }
     NO_CACHE.fetch_add(1, Ordering::Relaxed);
     out.push(regs.pc);
