@@ -65,6 +65,7 @@ pub(crate) fn max_frames() -> usize {
 
 cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))] {
+        mod hazard;
         mod linux;
         pub(crate) use linux::{capture, kept, thread_stack_bounds, SUPPORTED};
         pub use linux::signal;

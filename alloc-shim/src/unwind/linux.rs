@@ -11,6 +11,7 @@ use framehop::{
     UnwindRegsNative, Unwinder, UnwinderNative,
 };
 
+use super::hazard::{Current, Hazard};
 use super::UnwindMode;
 
 pub mod signal;
@@ -23,8 +24,8 @@ pub(crate) const SUPPORTED: bool = true;
 ///
 /// A raw slice because a copy is freed once no module list that names it
 /// can be in use any more ([`reclaim`]): a `Mapped` is only ever read
-/// through a module list a walk has pinned ([`pin`]), and the bytes outlive
-/// every such pin.
+/// through a module list a walk has pinned, and the bytes outlive every
+/// such pin.
 #[derive(Clone, Copy)]
 pub(crate) struct Mapped {
     ptr: *const u8,
@@ -78,20 +79,17 @@ impl Modules {
 
 /// The current module list, replaced whole when the loader's counters move.
 ///
-/// Lists are reclaimed with hazard pointers. A walk publishes the list it
-/// uses in its cache slot's `walking` ([`pin`]), or, without a slot, counts
-/// itself in [`UNSLOTTED`]; a replaced list is kept in [`KEPT`] until a
-/// rebuild finds no slot naming it and no unslotted walk ([`reclaim`]).
-/// That never waits, so signal handlers can walk with a list while another
-/// thread replaces it; if walks keep lists pinned (a thread that died
-/// mid-walk across a `fork`, say), at most [`MAX_RETIRED`] replaced lists
-/// are kept, and then the list is no longer rebuilt.
-static MODULES: AtomicPtr<Modules> = AtomicPtr::new(core::ptr::null_mut());
+/// A walk pins the list it uses in its cache slot's hazard (see [`hazard`]),
+/// or, without a slot, counts itself as unslotted; a replaced list is kept
+/// in [`KEPT`] until a rebuild finds no hazard naming it and no unslotted
+/// walk ([`reclaim`]). Nothing waits, so signal handlers can walk with a
+/// list while another thread replaces it. If walks keep lists pinned (a
+/// thread that died mid-walk across a `fork`, say), at most [`MAX_RETIRED`]
+/// replaced lists are kept, and then the list is no longer rebuilt.
+static MODULES: Current<Modules> = Current::new();
 static REBUILDING: AtomicBool = AtomicBool::new(false);
 /// Replaced lists kept at most, waiting for their walks to finish.
 const MAX_RETIRED: usize = 256;
-/// Walks that hold a module list without a pool slot (every slot was busy).
-static UNSLOTTED: AtomicUsize = AtomicUsize::new(0);
 
 const POOL: usize = 8;
 /// framehop caches per pool slot (see [`bank`]).
@@ -99,49 +97,17 @@ const BANKS: usize = 8;
 struct CacheSlot {
     busy: AtomicBool,
     cache: AtomicPtr<[Cache; BANKS]>,
-    /// The module list the slot's current walk uses (null: none), read by
-    /// [`reclaim`] before it frees a replaced list.
-    walking: AtomicPtr<Modules>,
+    /// The module list the slot's current walk uses.
+    walking: Hazard<Modules>,
 }
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE_SLOT: CacheSlot = CacheSlot {
     busy: AtomicBool::new(false),
     cache: AtomicPtr::new(core::ptr::null_mut()),
-    walking: AtomicPtr::new(core::ptr::null_mut()),
+    walking: Hazard::new(),
 };
 static CACHES: [CacheSlot; POOL] = [FREE_SLOT; POOL];
 static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
-
-/// Publishes in `walking` the current module list and returns it: it stays
-/// allocated until `walking` is cleared. Null when there is no list yet, or
-/// when the list kept changing under us (a rebuild per try: then this walk
-/// does without). Async-signal-safe.
-fn pin(walking: &AtomicPtr<Modules>) -> *const Modules {
-    // SeqCst on the store and both loads, against `reclaim`'s SeqCst store
-    // of `MODULES` and loads of `walking`: in their single total order,
-    // either `reclaim` reads our hazard after we stored it (and keeps the
-    // list), or it read `walking` first, so its replacing store to
-    // `MODULES` came before our re-load, which then sees the change and we
-    // try again. Acquire (part of SeqCst) on the loads also makes the list's
-    // contents, published by that store, visible.
-    let mut cur = MODULES.load(Ordering::SeqCst);
-    for _ in 0..8 {
-        walking.store(cur, Ordering::SeqCst);
-        let now = MODULES.load(Ordering::SeqCst);
-        if now == cur {
-            return cur;
-        }
-        cur = now;
-    }
-    walking.store(core::ptr::null_mut(), Ordering::Release);
-    core::ptr::null()
-}
-
-/// Ends a walk [`pin`] started. Release: the walk's reads of the list
-/// happen before a `reclaim` that sees the slot cleared frees it.
-fn unpin(walking: &AtomicPtr<Modules>) {
-    walking.store(core::ptr::null_mut(), Ordering::Release);
-}
 
 /// The registers of the caller of this function, at the call.
 #[inline(always)]
@@ -278,12 +244,8 @@ fn walk_dwarf(
     rebuild_if_stale();
     with_cache(|caches, walking| {
         let modules = match walking {
-            Some(walking) => pin(walking),
-            None => {
-                // SeqCst: as in `pin`, against `reclaim`'s load of the count.
-                UNSLOTTED.fetch_add(1, Ordering::SeqCst);
-                MODULES.load(Ordering::SeqCst)
-            }
+            Some(walking) => MODULES.pin(walking),
+            None => MODULES.enter_unslotted(),
         };
         // SAFETY: pinned above: the list stays allocated until unpinned.
         match unsafe { modules.as_ref() } {
@@ -293,9 +255,8 @@ fn walk_dwarf(
             }
         }
         match walking {
-            Some(walking) => unpin(walking),
-            // Release: as in `unpin`.
-            None => _ = UNSLOTTED.fetch_sub(1, Ordering::Release),
+            Some(walking) => Current::unpin(walking),
+            None => MODULES.leave_unslotted(),
         }
     });
 }
@@ -369,7 +330,7 @@ fn bank(address: u64) -> usize {
 /// Runs `f` with unwinder caches from the pool and the slot's hazard
 /// pointer, or with fresh caches and no slot if every pooled one is in use
 /// (never waits).
-fn with_cache(f: impl FnOnce(&mut [Cache; BANKS], Option<&AtomicPtr<Modules>>)) {
+fn with_cache(f: impl FnOnce(&mut [Cache; BANKS], Option<&Hazard<Modules>>)) {
     // Each thread starts at its own slot, so its rule cache stays warm.
     let start =
         crate::sampler::cache_hint(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8) as usize;
@@ -410,10 +371,7 @@ fn new_banks() -> [Cache; BANKS] {
 /// loader takes its lock, which every sampling thread would contend for.
 /// Not for signal handlers (it takes the loader's lock and allocates).
 fn rebuild_if_stale() {
-    // Acquire: pairs with the SeqCst (so Release) store in `rebuild`; the
-    // pointer is only compared and, under `REBUILDING`, read.
-    let cur = MODULES.load(Ordering::Acquire);
-    let suspect = cur.is_null()
+    let suspect = MODULES.peek().is_null()
         || (SUSPECT_STALE.load(Ordering::Relaxed) && SUSPECT_STALE.swap(false, Ordering::Relaxed));
     if !suspect {
         return;
@@ -438,10 +396,9 @@ fn rebuild_if_stale() {
 /// `with_loader`, by the thread holding `REBUILDING`.
 fn rebuild(kept: &mut Kept) {
     let now = loader_generation();
-    let cur = MODULES.load(Ordering::Acquire);
     // SAFETY: only the `REBUILDING` holder replaces or frees lists, so the
     // current one stays allocated while we look at it.
-    if unsafe { cur.as_ref() }.is_some_and(|m| m.generation == now) {
+    if unsafe { MODULES.peek().as_ref() }.is_some_and(|m| m.generation == now) {
         return;
     }
     if kept.retired.len() >= MAX_RETIRED {
@@ -451,9 +408,7 @@ fn rebuild(kept: &mut Kept) {
         }
     }
     let fresh = Box::into_raw(Box::new(load_modules(now, kept)));
-    // SeqCst: ordered before `reclaim`'s loads of the hazards (see `pin`);
-    // Release publishes the list's contents.
-    let old = MODULES.swap(fresh, Ordering::SeqCst);
+    let old = MODULES.replace(fresh);
     if !old.is_null() {
         kept.retired.push(old as usize);
     }
@@ -464,29 +419,19 @@ fn rebuild(kept: &mut Kept) {
 /// copies the current list does not use. Never waits: what is still held
 /// waits for the next rebuild.
 fn reclaim(kept: &mut Kept) {
-    // SeqCst: after the store to `MODULES` in the single total order (see
-    // `pin`). A walk without a slot that incremented after this load reads
-    // the new list; one before it keeps everything.
-    if UNSLOTTED.load(Ordering::SeqCst) != 0 {
-        return;
-    }
-    let pinned = |list: usize| {
-        signal::CACHES
-            .iter()
-            .chain(&CACHES)
-            // SeqCst: see `pin`.
-            .any(|slot| slot.walking.load(Ordering::SeqCst) as usize == list)
-    };
-    kept.retired.retain(|&list| {
-        if pinned(list) {
-            return true;
-        }
+    MODULES.reclaim(
+        &mut kept.retired,
+        || {
+            signal::CACHES
+                .iter()
+                .chain(&CACHES)
+                .map(|slot| &slot.walking)
+        },
         // SAFETY: a replaced list (never current again), created by
-        // `Box::into_raw` in `rebuild`, that no walk holds: walks that
-        // start from now on pin the current list.
-        drop(unsafe { Box::from_raw(list as *mut Modules) });
-        false
-    });
+        // `Box::into_raw` in `rebuild`, that no walk holds; walks that
+        // start from now on pin a newer one.
+        |list| drop(unsafe { Box::from_raw(list) }),
+    );
     if kept.retired.is_empty() {
         let mut freed = 0;
         kept.copies.retain(|c| {
@@ -498,7 +443,7 @@ fn reclaim(kept: &mut Kept) {
         COPIED_BYTES.fetch_sub(freed, Ordering::Relaxed);
     }
     LISTS.store(
-        kept.retired.len() + usize::from(!MODULES.load(Ordering::Relaxed).is_null()),
+        kept.retired.len() + usize::from(!MODULES.peek().is_null()),
         Ordering::Relaxed,
     );
 }
@@ -693,7 +638,7 @@ const MAX_COPIED_BYTES: usize = 64 << 20;
 pub(crate) fn kept() -> (usize, usize, usize) {
     // Relaxed here and where they change: statistics, read on their own.
     // The copies themselves reach walkers inside a module list, published
-    // and pinned with SeqCst (`MODULES`, `pin`).
+    // and pinned through `MODULES` (see `hazard`).
     (
         COPIED_BYTES.load(Ordering::Relaxed),
         UNCOPIED.load(Ordering::Relaxed),

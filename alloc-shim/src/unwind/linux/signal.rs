@@ -30,7 +30,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    on_alt_stack, pin, unpin, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, POOL,
+    on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Current, Out, FREE_SLOT,
+    MODULES, POOL,
 };
 use crate::unwind::UnwindMode;
 
@@ -214,7 +215,7 @@ fn walk_dwarf_in_signal(
             slot.busy.store(false, Ordering::Release);
             continue;
         };
-        let modules = pin(&slot.walking);
+        let modules = MODULES.pin(&slot.walking);
         // SAFETY: pinned: the list stays allocated until unpinned.
         let walked = match unsafe { modules.as_ref() } {
             Some(modules) => {
@@ -225,7 +226,7 @@ fn walk_dwarf_in_signal(
             }
             None => false,
         };
-        unpin(&slot.walking);
+        Current::unpin(&slot.walking);
         // Release: see the Acquire above.
         slot.busy.store(false, Ordering::Release);
         if !walked {

@@ -1,0 +1,209 @@
+//! Loom model checks of the hazard pointers that free the stack walks'
+//! replaced module lists (`src/unwind/hazard.rs`): every interleaving (up
+//! to a preemption bound) of readers pinning the current value against the
+//! one thread that replaces values and frees the replaced ones.
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" cargo test -p ferroprof-alloc --test hazard_loom --release
+//! ```
+//!
+//! The module is crate-private, so this file compiles its source directly;
+//! under `--cfg loom` it is built on loom's atomics and fences. Each value
+//! holds a loom `UnsafeCell` that readers read while pinned and the freeing
+//! side overwrites (poisons) before dropping it: loom fails the run if a
+//! free is not ordered after every read of a reader that pinned the value,
+//! and the readers also check that they never see the poison.
+//!
+//! Loom cannot deliver a signal, but a handler that pins, walks and unpins
+//! while the thread it interrupted replaces is one of the interleavings of
+//! a reader thread and the replacing thread, which these models include.
+
+#![cfg(loom)]
+
+#[allow(dead_code)]
+#[path = "../src/unwind/hazard.rs"]
+mod hazard;
+
+use hazard::{Current, Hazard};
+use loom::cell::UnsafeCell;
+use loom::sync::Arc;
+use loom::thread;
+
+mod loom_model;
+use loom_model::model;
+
+/// What a freed value's cell holds.
+const POISON: u64 = u64::MAX;
+
+struct Value {
+    cell: UnsafeCell<u64>,
+}
+
+fn value(v: u64) -> *mut Value {
+    Box::into_raw(Box::new(Value {
+        cell: UnsafeCell::new(v),
+    }))
+}
+
+/// Poisons and drops a value: the "free" loom checks against the reads.
+fn free(p: *mut Value) {
+    // SAFETY: `p` came from `value` and is freed once, by the replacer,
+    // which the model checks is ordered after every read of it.
+    unsafe {
+        (*p).cell.with_mut(|c| *c = POISON);
+        drop(Box::from_raw(p));
+    }
+}
+
+/// Reads the value `p` points to; it must be pinned.
+fn read(p: *const Value) -> u64 {
+    // SAFETY: pinned by the caller, so not freed (what the model checks).
+    let v = unsafe { (*p).cell.with(|c| *c) };
+    assert_ne!(v, POISON, "a pinned value was freed");
+    v
+}
+
+struct Shared {
+    current: Current<Value>,
+    hazards: [Hazard<Value>; 2],
+}
+
+impl Shared {
+    fn new(first: u64) -> Arc<Shared> {
+        let s = Shared {
+            current: Current::new(),
+            hazards: [Hazard::new(), Hazard::new()],
+        };
+        s.current.replace(value(first));
+        Arc::new(s)
+    }
+
+    /// One walk through hazard `i`: pin, read, unpin. Returns what it read
+    /// (None: it went without, as a walk does when pinning gives up).
+    fn walk(&self, i: usize) -> Option<u64> {
+        let p = self.current.pin(&self.hazards[i]);
+        let seen = (!p.is_null()).then(|| read(p));
+        Current::unpin(&self.hazards[i]);
+        seen
+    }
+
+    /// One walk without a hazard.
+    fn walk_unslotted(&self) -> Option<u64> {
+        let p = self.current.enter_unslotted();
+        let seen = (!p.is_null()).then(|| read(p));
+        self.current.leave_unslotted();
+        seen
+    }
+
+    /// Replaces the value with `v`, keeps the old one, frees what is free.
+    fn replace(&self, v: u64, retired: &mut Vec<usize>) {
+        let old = self.current.replace(value(v));
+        retired.push(old as usize);
+        self.reclaim(retired);
+    }
+
+    fn reclaim(&self, retired: &mut Vec<usize>) {
+        self.current.reclaim(retired, || self.hazards.iter(), free);
+    }
+
+    /// After every reader is gone: everything retired can be freed.
+    fn finish(&self, mut retired: Vec<usize>) {
+        self.reclaim(&mut retired);
+        assert!(retired.is_empty(), "{} values stayed held", retired.len());
+        free(self.current.replace(core::ptr::null_mut()));
+    }
+}
+
+/// A reader walking twice while the replacer replaces twice and frees.
+#[test]
+fn a_pinned_value_is_never_freed() {
+    model(|| {
+        let s = Shared::new(1);
+        let reader = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let a = s.walk(0);
+                let b = s.walk(0);
+                // Values only move forward.
+                if let (Some(a), Some(b)) = (a, b) {
+                    assert!(a <= b, "read {a} then {b}");
+                }
+            })
+        };
+        let mut retired = Vec::new();
+        s.replace(2, &mut retired);
+        s.replace(3, &mut retired);
+        reader.join().unwrap();
+        s.finish(retired);
+    });
+}
+
+/// Two readers on their own hazards against one replacement.
+#[test]
+fn two_readers_and_a_replacement() {
+    model(|| {
+        let s = Shared::new(1);
+        let readers: Vec<_> = (0..2)
+            .map(|i| {
+                let s = s.clone();
+                thread::spawn(move || {
+                    s.walk(i);
+                })
+            })
+            .collect();
+        let mut retired = Vec::new();
+        s.replace(2, &mut retired);
+        for r in readers {
+            r.join().unwrap();
+        }
+        s.finish(retired);
+    });
+}
+
+/// A reader without a hazard (its slot pool was busy) against
+/// replacements: nothing is freed while it runs.
+#[test]
+fn an_unslotted_reader_holds_every_value() {
+    model(|| {
+        let s = Shared::new(1);
+        let reader = {
+            let s = s.clone();
+            thread::spawn(move || {
+                s.walk_unslotted();
+            })
+        };
+        let mut retired = Vec::new();
+        s.replace(2, &mut retired);
+        s.replace(3, &mut retired);
+        reader.join().unwrap();
+        s.finish(retired);
+    });
+}
+
+/// A reader that pins, then the replacer replaces and reclaims before the
+/// reader reads: the value it pinned must survive until it unpins. And a
+/// value freed while no reader held it is really freed (the replacer does
+/// not keep everything): with the reader gone, one reclaim empties the
+/// retired list.
+#[test]
+fn a_value_no_reader_holds_is_freed_at_once() {
+    model(|| {
+        let s = Shared::new(1);
+        let mut retired = Vec::new();
+        s.replace(2, &mut retired);
+        assert!(retired.is_empty(), "no reader: freed at once");
+        let reader = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let p = s.current.pin(&s.hazards[1]);
+                let v = read(p);
+                thread::yield_now();
+                assert_eq!(read(p), v, "a pinned value changed");
+                Current::unpin(&s.hazards[1]);
+            })
+        };
+        s.replace(3, &mut retired);
+        reader.join().unwrap();
+        s.finish(retired);
+    });
+}
