@@ -8,7 +8,9 @@
 //!   `dl_iterate_phdr`; the main program's unwind sections are used in
 //!   place, every shared library's are copied once (a library can be
 //!   unloaded while a list naming it is still in use); the module list is
-//!   rebuilt when the loader's add/remove counters move. framehop's rule
+//!   rebuilt when the loader's add/remove counters move, and a replaced
+//!   list, with the copies only it named, is freed once no walk holds it
+//!   (hazard pointers, see `hazard`). framehop's rule
 //!   cache makes repeated stacks cheap. Caches come from a small pool taken
 //!   with a try-lock, so no thread ever waits for another.
 //! - **Frame pointers**: follows the `rbp`/`x29` chain; faster, and right
