@@ -96,7 +96,7 @@ const POOL: usize = 8;
 const BANKS: usize = 8;
 struct CacheSlot {
     busy: AtomicBool,
-    cache: AtomicPtr<[Cache; BANKS]>,
+    cache: AtomicPtr<Banks>,
     /// The module list the slot's current walk uses.
     walking: Hazard<Modules>,
 }
@@ -266,7 +266,7 @@ fn walk_dwarf(
 #[allow(clippy::too_many_arguments)]
 fn walk_dwarf_with(
     modules: &Modules,
-    caches: &mut [Cache; BANKS],
+    caches: &mut Banks,
     pc: u64,
     sp: u64,
     fp: u64,
@@ -288,7 +288,7 @@ fn walk_dwarf_with(
         return;
     }
     loop {
-        let cache = &mut caches[bank(frame.address_for_lookup())];
+        let cache = caches.for_address(frame.address_for_lookup());
         match modules
             .unwinder
             .unwind_frame(frame, &mut regs, cache, &mut read)
@@ -314,23 +314,82 @@ fn walk_dwarf_with(
     }
 }
 
-/// Which of a pool slot's caches serves `address`.
+/// Entries of one framehop rule cache: direct-mapped, keyed by
+/// `address % 509`.
+const RULE_ENTRIES: usize = 509;
+
+/// A pool slot's framehop caches, made two-way set-associative.
 ///
-/// framehop's rule cache is 509 direct-mapped entries keyed by
-/// `address % 509`; two return addresses of one stack that share an entry
-/// evict each other at every sample and re-parse `.eh_frame` each time
-/// (measured: a 46-frame sample went from 1.2 to 2.9 µs between two builds).
-/// Spreading addresses over `BANKS` caches by `address / 509` makes that a
-/// `509 × BANKS`-entry cache: addresses congruent modulo 509 land in
-/// different banks unless they are also congruent modulo `509 × BANKS`.
-fn bank(address: u64) -> usize {
-    ((address / 509) % BANKS as u64) as usize
+/// Two return addresses of one stack that share a framehop entry evict each
+/// other at every sample, and each eviction re-parses `.eh_frame` (about a
+/// microsecond). With `k` distinct addresses in hot stacks, a direct-mapped
+/// cache of `n` entries has such a pair with probability about
+/// `k² / 2n`: spreading addresses over 8 caches by `address / 509` (4 072
+/// entries) still left a 46-frame benchmark stack with one such pair in
+/// every build of a day (2.4–4 µs a sample instead of 0.8). So each
+/// address may live in either of two banks ([`two_banks`]), and `tags`
+/// records which address each entry was last filled for: a lookup uses the
+/// bank whose tag matches, and a miss fills an empty entry of the two, else
+/// one of them, alternately. The tags are only a hint (framehop checks
+/// the address and the module list's generation itself), so a stale tag
+/// costs a miss, never a wrong rule.
+pub(crate) struct Banks {
+    caches: [Cache; BANKS],
+    /// `tags[b][e]`: the address entry `e` of bank `b` was last looked up
+    /// for (0: none).
+    tags: [[u64; RULE_ENTRIES]; BANKS],
+    /// Misses so far, to alternate the evicted bank.
+    misses: u32,
+}
+
+/// The two banks `address` may live in, always different: the first by
+/// `address / 509` (as a plain spread would), the second offset from it
+/// by 1 to 7 chosen from higher bits, so that two addresses that collide
+/// in one rarely collide in the other.
+fn two_banks(address: u64) -> (usize, usize) {
+    let q = address / RULE_ENTRIES as u64;
+    let first = (q % BANKS as u64) as usize;
+    let step = 1 + ((q / BANKS as u64) % (BANKS as u64 - 1)) as usize;
+    (first, (first + step) % BANKS)
+}
+
+impl Banks {
+    /// The cache to unwind `address` with.
+    fn for_address(&mut self, address: u64) -> &mut Cache {
+        let bank = self.bank_for(address);
+        &mut self.caches[bank]
+    }
+
+    /// Which bank [`Banks::for_address`] uses for `address`, updating the
+    /// tags.
+    fn bank_for(&mut self, address: u64) -> usize {
+        let entry = (address % RULE_ENTRIES as u64) as usize;
+        let (a, b) = two_banks(address);
+        if self.tags[a][entry] == address {
+            a
+        } else if self.tags[b][entry] == address {
+            b
+        } else {
+            // A miss: an empty entry of the two, else either, alternately
+            // (an address no longer used does not hold its entry forever).
+            self.misses = self.misses.wrapping_add(1);
+            let victim = if self.tags[a][entry] == 0 {
+                a
+            } else if self.tags[b][entry] == 0 || self.misses.is_multiple_of(2) {
+                b
+            } else {
+                a
+            };
+            self.tags[victim][entry] = address;
+            victim
+        }
+    }
 }
 
 /// Runs `f` with unwinder caches from the pool and the slot's hazard
 /// pointer, or with fresh caches and no slot if every pooled one is in use
 /// (never waits).
-fn with_cache(f: impl FnOnce(&mut [Cache; BANKS], Option<&Hazard<Modules>>)) {
+fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
     // Each thread starts at its own slot, so its rule cache stays warm.
     let start =
         crate::sampler::cache_hint(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8) as usize;
@@ -361,8 +420,12 @@ fn with_cache(f: impl FnOnce(&mut [Cache; BANKS], Option<&Hazard<Modules>>)) {
     f(&mut cache, None);
 }
 
-fn new_banks() -> [Cache; BANKS] {
-    core::array::from_fn(|_| Cache::default())
+fn new_banks() -> Banks {
+    Banks {
+        caches: core::array::from_fn(|_| Cache::default()),
+        tags: [[0; RULE_ENTRIES]; BANKS],
+        misses: 0,
+    }
 }
 
 /// Rebuilds the module list when there is none yet, or when the last walk
@@ -399,6 +462,9 @@ fn rebuild(kept: &mut Kept) {
     // SAFETY: only the `REBUILDING` holder replaces or frees lists, so the
     // current one stays allocated while we look at it.
     if unsafe { MODULES.peek().as_ref() }.is_some_and(|m| m.generation == now) {
+        // Nothing to rebuild; lists replaced while walks still held them
+        // (when a walk, not `prepare`, rebuilt) can go now.
+        reclaim(kept);
         return;
     }
     if kept.retired.len() >= MAX_RETIRED {
@@ -859,5 +925,71 @@ pub(crate) fn thread_stack_bounds() -> Option<(usize, usize)> {
         let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
         libc::pthread_attr_destroy(&mut attr);
         (rc == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Addresses that share framehop's entry and the first bank: they
+    /// differ by a multiple of `509 × 8`.
+    const CLASH: u64 = (RULE_ENTRIES * BANKS) as u64;
+
+    #[test]
+    fn an_address_has_two_different_banks() {
+        for address in (0x40_0000u64..).step_by(97).take(100_000) {
+            let (a, b) = two_banks(address);
+            assert!(a < BANKS && b < BANKS && a != b, "{address:#x}: {a}, {b}");
+        }
+    }
+
+    #[test]
+    fn three_addresses_that_clash_in_one_bank_all_stay_cached() {
+        let mut banks = Box::new(new_banks());
+        let base = 0x5555_5555_1234u64;
+        let clashing = [base, base + CLASH, base + 2 * CLASH];
+        let (first, _) = two_banks(base);
+        assert!(clashing.iter().all(|&x| two_banks(x).0 == first));
+        let placed: Vec<usize> = clashing.iter().map(|&x| banks.bank_for(x)).collect();
+        let mut distinct = placed.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "each in its own bank: {placed:?}");
+        // Every later lookup finds each where it was put: no evictions.
+        let misses = banks.misses;
+        for _ in 0..100 {
+            for (&x, &bank) in clashing.iter().zip(&placed) {
+                assert_eq!(banks.bank_for(x), bank);
+            }
+        }
+        assert_eq!(banks.misses, misses, "no miss after the first lookups");
+    }
+
+    #[test]
+    fn an_address_no_longer_used_does_not_hold_its_entry() {
+        let mut banks = Box::new(new_banks());
+        let base = 0x7f00_0000_0040u64;
+        // Two addresses that share both banks fill them; a third one that
+        // shares both too must eventually get one of them and keep it while
+        // only it and one of the first two are used.
+        let same_pair = |x: u64| two_banks(x) == two_banks(base);
+        let mut sharing = (1..)
+            .map(|m| base + m * CLASH * 7)
+            .filter(|&x| same_pair(x));
+        let (old, kept) = (base, sharing.next().unwrap());
+        let new = sharing.next().unwrap();
+        banks.bank_for(old);
+        banks.bank_for(kept);
+        for _ in 0..10 {
+            banks.bank_for(kept);
+            banks.bank_for(new);
+        }
+        let misses = banks.misses;
+        for _ in 0..10 {
+            banks.bank_for(kept);
+            banks.bank_for(new);
+        }
+        assert_eq!(banks.misses, misses, "`new` and `kept` settled");
     }
 }
