@@ -92,7 +92,7 @@ static REBUILDING: AtomicBool = AtomicBool::new(false);
 const MAX_RETIRED: usize = 256;
 
 const POOL: usize = 8;
-/// framehop caches per pool slot (see [`bank`]).
+/// framehop caches per pool slot (see [`Banks`]).
 const BANKS: usize = 8;
 struct CacheSlot {
     busy: AtomicBool,
@@ -326,7 +326,7 @@ const RULE_ENTRIES: usize = 509;
 /// cache of `n` entries has such a pair with probability about
 /// `k² / 2n`: spreading addresses over 8 caches by `address / 509` (4 072
 /// entries) still left a 46-frame benchmark stack with one such pair in
-/// every build of a day (2.4–4 µs a sample instead of 0.8). So each
+/// every build of a day (2.2–3.8 µs a sample instead of 0.8). So each
 /// address may live in either of two banks ([`two_banks`]), and `tags`
 /// records which address each entry was last filled for: a lookup uses the
 /// bank whose tag matches, and a miss fills an empty entry of the two, else
