@@ -114,27 +114,46 @@ impl Shared {
     }
 }
 
+/// Runs `reader` on `readers` threads (each given its index) while this
+/// thread replaces the value with each of `values` in turn, freeing what it
+/// may; then, with the readers gone, checks that everything can be freed.
+fn race<F>(readers: usize, reader: F, values: &[u64])
+where
+    F: Fn(&Shared, usize) + Clone + Send + 'static,
+{
+    let s = Shared::new(1);
+    let handles: Vec<_> = (0..readers)
+        .map(|i| {
+            let (s, reader) = (s.clone(), reader.clone());
+            thread::spawn(move || reader(&s, i))
+        })
+        .collect();
+    let mut retired = Vec::new();
+    for &v in values {
+        s.replace(v, &mut retired);
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    s.finish(retired);
+}
+
 /// A reader walking twice while the replacer replaces twice and frees.
 #[test]
 fn a_pinned_value_is_never_freed() {
     model(|| {
-        let s = Shared::new(1);
-        let reader = {
-            let s = s.clone();
-            thread::spawn(move || {
-                let a = s.walk(0);
-                let b = s.walk(0);
+        race(
+            1,
+            |s, i| {
+                let a = s.walk(i);
+                let b = s.walk(i);
                 // Values only move forward.
                 if let (Some(a), Some(b)) = (a, b) {
                     assert!(a <= b, "read {a} then {b}");
                 }
-            })
-        };
-        let mut retired = Vec::new();
-        s.replace(2, &mut retired);
-        s.replace(3, &mut retired);
-        reader.join().unwrap();
-        s.finish(retired);
+            },
+            &[2, 3],
+        )
     });
 }
 
@@ -142,21 +161,13 @@ fn a_pinned_value_is_never_freed() {
 #[test]
 fn two_readers_and_a_replacement() {
     model(|| {
-        let s = Shared::new(1);
-        let readers: Vec<_> = (0..2)
-            .map(|i| {
-                let s = s.clone();
-                thread::spawn(move || {
-                    s.walk(i);
-                })
-            })
-            .collect();
-        let mut retired = Vec::new();
-        s.replace(2, &mut retired);
-        for r in readers {
-            r.join().unwrap();
-        }
-        s.finish(retired);
+        race(
+            2,
+            |s, i| {
+                s.walk(i);
+            },
+            &[2],
+        )
     });
 }
 
@@ -165,26 +176,37 @@ fn two_readers_and_a_replacement() {
 #[test]
 fn an_unslotted_reader_holds_every_value() {
     model(|| {
-        let s = Shared::new(1);
-        let reader = {
-            let s = s.clone();
-            thread::spawn(move || {
+        race(
+            1,
+            |s, _| {
                 s.walk_unslotted();
-            })
-        };
-        let mut retired = Vec::new();
-        s.replace(2, &mut retired);
-        s.replace(3, &mut retired);
-        reader.join().unwrap();
-        s.finish(retired);
+            },
+            &[2, 3],
+        )
     });
 }
 
-/// A reader that pins, then the replacer replaces and reclaims before the
-/// reader reads: the value it pinned must survive until it unpins. And a
-/// value freed while no reader held it is really freed (the replacer does
-/// not keep everything): with the reader gone, one reclaim empties the
-/// retired list.
+/// A reader that pins, is preempted, and reads again: the value it pinned
+/// survives the replacement and reclaim that may run meanwhile.
+#[test]
+fn a_value_stays_while_pinned_across_a_replacement() {
+    model(|| {
+        race(
+            1,
+            |s, i| {
+                let p = s.current.pin(&s.hazards[i]);
+                let v = read(p);
+                thread::yield_now();
+                assert_eq!(read(p), v, "a pinned value changed");
+                Current::unpin(&s.hazards[i]);
+            },
+            &[2],
+        )
+    });
+}
+
+/// A replaced value no reader holds is freed at once (the replacer does not
+/// keep everything).
 #[test]
 fn a_value_no_reader_holds_is_freed_at_once() {
     model(|| {
@@ -192,18 +214,6 @@ fn a_value_no_reader_holds_is_freed_at_once() {
         let mut retired = Vec::new();
         s.replace(2, &mut retired);
         assert!(retired.is_empty(), "no reader: freed at once");
-        let reader = {
-            let s = s.clone();
-            thread::spawn(move || {
-                let p = s.current.pin(&s.hazards[1]);
-                let v = read(p);
-                thread::yield_now();
-                assert_eq!(read(p), v, "a pinned value changed");
-                Current::unpin(&s.hazards[1]);
-            })
-        };
-        s.replace(3, &mut retired);
-        reader.join().unwrap();
         s.finish(retired);
     });
 }
