@@ -458,20 +458,17 @@ fn rebuild_if_stale() {
 /// the old one and frees what no walk can be using. Runs inside
 /// `with_loader`, by the thread holding `REBUILDING`.
 fn rebuild(kept: &mut Kept) {
+    // First what walks have let go of since the last rebuild (when a walk,
+    // not `prepare`, rebuilt, they may still have held the old list), so
+    // that a rebuild with nothing new still frees it, and a full `KEPT`
+    // makes room.
+    reclaim(kept);
     let now = loader_generation();
     // SAFETY: only the `REBUILDING` holder replaces or frees lists, so the
     // current one stays allocated while we look at it.
-    if unsafe { MODULES.peek().as_ref() }.is_some_and(|m| m.generation == now) {
-        // Nothing to rebuild; lists replaced while walks still held them
-        // (when a walk, not `prepare`, rebuilt) can go now.
-        reclaim(kept);
+    let current = unsafe { MODULES.peek().as_ref() };
+    if current.is_some_and(|m| m.generation == now) || kept.retired.len() >= MAX_RETIRED {
         return;
-    }
-    if kept.retired.len() >= MAX_RETIRED {
-        reclaim(kept);
-        if kept.retired.len() >= MAX_RETIRED {
-            return;
-        }
     }
     let fresh = Box::into_raw(Box::new(load_modules(now, kept)));
     let old = MODULES.replace(fresh);
