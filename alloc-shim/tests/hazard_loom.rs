@@ -55,10 +55,12 @@ fn free(p: *mut Value) {
     }
 }
 
-/// Reads the value `p` points to; it must be pinned.
-fn read(p: *const Value) -> u64 {
-    // SAFETY: pinned by the caller, so not freed (what the model checks).
-    let v = unsafe { (*p).cell.with(|c| *c) };
+/// Reads a value; it must be pinned.
+fn read(value: &Value) -> u64 {
+    let v = value.cell.with(|c| {
+        // SAFETY: the value is pinned, so not freed (what the model checks).
+        unsafe { *c }
+    });
     assert_ne!(v, POISON, "a pinned value was freed");
     v
 }
@@ -81,18 +83,13 @@ impl Shared {
     /// One walk through hazard `i`: pin, read, unpin. Returns what it read
     /// (None: it went without, as a walk does when pinning gives up).
     fn walk(&self, i: usize) -> Option<u64> {
-        let p = self.current.pin(&self.hazards[i]);
-        let seen = (!p.is_null()).then(|| read(p));
-        Current::unpin(&self.hazards[i]);
-        seen
+        self.current
+            .with_pinned(Some(&self.hazards[i]), |v| v.map(read))
     }
 
     /// One walk without a hazard.
     fn walk_unslotted(&self) -> Option<u64> {
-        let p = self.current.enter_unslotted();
-        let seen = (!p.is_null()).then(|| read(p));
-        self.current.leave_unslotted();
-        seen
+        self.current.with_pinned(None, |v| v.map(read))
     }
 
     /// Replaces the value with `v`, keeps the old one, frees what is free.
@@ -194,11 +191,12 @@ fn a_value_stays_while_pinned_across_a_replacement() {
         race(
             1,
             |s, i| {
-                let p = s.current.pin(&s.hazards[i]);
-                let v = read(p);
-                thread::yield_now();
-                assert_eq!(read(p), v, "a pinned value changed");
-                Current::unpin(&s.hazards[i]);
+                s.current.with_pinned(Some(&s.hazards[i]), |value| {
+                    let value = value.expect("a value is current");
+                    let v = read(value);
+                    thread::yield_now();
+                    assert_eq!(read(value), v, "a pinned value changed");
+                })
             },
             &[2],
         )

@@ -86,11 +86,33 @@ impl<T> Current<T> {
         self.ptr.load(Ordering::Acquire)
     }
 
+    /// Runs `f` with the current value pinned: in `hazard`, or, without
+    /// one, as an unslotted reader. `f` gets `None` when there is no value
+    /// or pinning gave up. Async-signal-safe when `f` is.
+    pub(crate) fn with_pinned<R>(
+        &self,
+        hazard: Option<&Hazard<T>>,
+        f: impl FnOnce(Option<&T>) -> R,
+    ) -> R {
+        let value = match hazard {
+            Some(hazard) => self.pin(hazard),
+            None => self.enter_unslotted(),
+        };
+        // SAFETY: pinned: `reclaim` frees no value a hazard names, nor any
+        // while an unslotted reader runs, and both end only below.
+        let r = f(unsafe { value.as_ref() });
+        match hazard {
+            Some(hazard) => Self::unpin(hazard),
+            None => self.leave_unslotted(),
+        }
+        r
+    }
+
     /// Publishes the current value in `hazard` and returns it; it stays
     /// allocated until [`Current::unpin`]. Null when there is no value, or
     /// when it was replaced at every one of a few tries (then `hazard` is
     /// clear and the caller goes without). Async-signal-safe.
-    pub(crate) fn pin(&self, hazard: &Hazard<T>) -> *const T {
+    fn pin(&self, hazard: &Hazard<T>) -> *const T {
         // Acquire: see `peek`.
         let mut cur = self.ptr.load(Ordering::Acquire);
         for _ in 0..8 {
@@ -113,14 +135,14 @@ impl<T> Current<T> {
 
     /// Ends the use [`Current::pin`] started. Release: the reader's uses of
     /// the value happen before a `reclaim` that sees the hazard clear.
-    pub(crate) fn unpin(hazard: &Hazard<T>) {
+    fn unpin(hazard: &Hazard<T>) {
         hazard.ptr.store(core::ptr::null_mut(), Ordering::Release);
     }
 
     /// [`Current::pin`] for a reader without a hazard: the current value,
     /// allocated until [`Current::leave_unslotted`]. While any such reader
     /// runs, [`Current::reclaim`] frees nothing.
-    pub(crate) fn enter_unslotted(&self) -> *const T {
+    fn enter_unslotted(&self) -> *const T {
         // Relaxed: the fence orders it (see the module docs); as a
         // read-modify-write it continues the release sequence of an earlier
         // `leave_unslotted`, so it needs no Release of its own.
@@ -130,7 +152,7 @@ impl<T> Current<T> {
     }
 
     /// Ends [`Current::enter_unslotted`]. Release: as in `unpin`.
-    pub(crate) fn leave_unslotted(&self) {
+    fn leave_unslotted(&self) {
         self.unslotted.fetch_sub(1, Ordering::Release);
     }
 

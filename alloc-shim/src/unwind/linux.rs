@@ -243,21 +243,12 @@ fn walk_dwarf(
 ) {
     rebuild_if_stale();
     with_cache(|caches, walking| {
-        let modules = match walking {
-            Some(walking) => MODULES.pin(walking),
-            None => MODULES.enter_unslotted(),
-        };
-        // SAFETY: pinned above: the list stays allocated until unpinned.
-        match unsafe { modules.as_ref() } {
+        MODULES.with_pinned(walking, |modules| match modules {
             Some(modules) => walk_dwarf_with(modules, caches, pc, sp, fp, lr, read, out),
             None => {
                 out.push(pc);
             }
-        }
-        match walking {
-            Some(walking) => Current::unpin(walking),
-            None => MODULES.leave_unslotted(),
-        }
+        })
     });
 }
 

@@ -30,8 +30,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Current, Out, FREE_SLOT,
-    MODULES, POOL,
+    on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, MODULES, POOL,
 };
 use crate::unwind::UnwindMode;
 
@@ -215,18 +214,15 @@ fn walk_dwarf_in_signal(
             slot.busy.store(false, Ordering::Release);
             continue;
         };
-        let modules = MODULES.pin(&slot.walking);
-        // SAFETY: pinned: the list stays allocated until unpinned.
-        let walked = match unsafe { modules.as_ref() } {
-            Some(modules) => {
-                walk_dwarf_with(
-                    modules, cache, regs.pc, regs.sp, regs.fp, regs.lr, &read, out,
-                );
-                true
-            }
-            None => false,
-        };
-        Current::unpin(&slot.walking);
+        let walked = MODULES.with_pinned(Some(&slot.walking), |modules| {
+            modules
+                .map(|modules| {
+                    walk_dwarf_with(
+                        modules, cache, regs.pc, regs.sp, regs.fp, regs.lr, &read, out,
+                    )
+                })
+                .is_some()
+        });
         // Release: see the Acquire above.
         slot.busy.store(false, Ordering::Release);
         if !walked {
