@@ -63,6 +63,9 @@ type Cache = CacheNative<MustNotAllocateDuringUnwind>;
 
 struct Modules {
     unwinder: Native,
+    /// Which list this is: lists built later have larger numbers (see
+    /// [`Banks::hold_rules_of`]).
+    seq: u64,
     /// `dlpi_adds` and `dlpi_subs` when the list was built.
     generation: (u64, u64),
     /// Code ranges of the modules, sorted by start.
@@ -90,6 +93,8 @@ static MODULES: Current<Modules> = Current::new();
 static REBUILDING: AtomicBool = AtomicBool::new(false);
 /// Replaced lists kept at most, waiting for their walks to finish.
 const MAX_RETIRED: usize = 256;
+/// The next list's [`Modules::seq`] (0 is no list).
+static NEXT_LIST: AtomicU64 = AtomicU64::new(1);
 
 const POOL: usize = 8;
 /// framehop caches per pool slot (see [`Banks`]).
@@ -244,7 +249,10 @@ fn walk_dwarf(
     rebuild_if_stale();
     with_cache(|caches, walking| {
         MODULES.with_pinned(walking, |modules| match modules {
-            Some(modules) => walk_dwarf_with(modules, caches, pc, sp, fp, lr, read, out),
+            Some(modules) => {
+                caches.hold_rules_of(modules.seq);
+                walk_dwarf_with(modules, caches, pc, sp, fp, lr, read, out)
+            }
             None => {
                 out.push(pc);
             }
@@ -323,15 +331,29 @@ const RULE_ENTRIES: usize = 509;
 /// bank whose tag matches, and a miss fills an empty entry of the two, else
 /// one of them, alternately. The tags are only a hint (framehop checks
 /// the address and the module list's generation itself), so a stale tag
-/// costs a miss, never a wrong rule.
+/// costs a miss, never a wrong rule. The tags of one entry index in all
+/// banks share a cache line, so a lookup reads one line of them (samples
+/// are far apart, and the walk's lines are rarely still cached).
+///
+/// The caches hold the rules of one module list at a time
+/// ([`Banks::hold_rules_of`]).
 pub(crate) struct Banks {
     caches: [Cache; BANKS],
-    /// `tags[b][e]`: the address entry `e` of bank `b` was last looked up
-    /// for (0: none).
-    tags: [[u64; RULE_ENTRIES]; BANKS],
+    /// `tags[e].0[b]`: the address entry `e` of bank `b` was last looked up
+    /// for (0: none). [`RULE_ENTRIES`] long; on the heap, like framehop's
+    /// entries, so that a `Banks` built on a busy thread's stack is small.
+    tags: Box<[TagSet]>,
     /// Misses so far, to alternate the evicted bank.
     misses: u32,
+    /// The [`Modules::seq`] of the list the caches hold rules of (0: none
+    /// yet).
+    list: u64,
 }
+
+/// One entry index's tags in every bank: one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct TagSet([u64; BANKS]);
 
 /// The two banks `address` may live in, always different: the first by
 /// `address / 509` (as a plain spread would), the second offset from it
@@ -356,24 +378,46 @@ impl Banks {
     fn bank_for(&mut self, address: u64) -> usize {
         let entry = (address % RULE_ENTRIES as u64) as usize;
         let (a, b) = two_banks(address);
-        if self.tags[a][entry] == address {
+        let tags = &mut self.tags[entry].0;
+        if tags[a] == address {
             a
-        } else if self.tags[b][entry] == address {
+        } else if tags[b] == address {
             b
         } else {
             // A miss: an empty entry of the two, else either, alternately
             // (an address no longer used does not hold its entry forever).
             self.misses = self.misses.wrapping_add(1);
-            let victim = if self.tags[a][entry] == 0 {
+            let victim = if tags[a] == 0 {
                 a
-            } else if self.tags[b][entry] == 0 || self.misses.is_multiple_of(2) {
+            } else if tags[b] == 0 || self.misses.is_multiple_of(2) {
                 b
             } else {
                 a
             };
-            self.tags[victim][entry] = address;
+            tags[victim] = address;
             victim
         }
+    }
+
+    /// Makes the caches hold rules of the list numbered `list` only:
+    /// if they hold another list's, they are emptied (which allocates:
+    /// not for signal handlers).
+    ///
+    /// framehop keys its entries by a `u16` module generation that every
+    /// module added to any list advances, so after 65 536 of them (a
+    /// process that reloads plugins for weeks) an entry of an old list can
+    /// match again and unwind a frame with the rule of code no longer
+    /// there. Entries of another list never hit anyway (their generation
+    /// differs), so emptying costs no hit.
+    fn hold_rules_of(&mut self, list: u64) {
+        if self.list == list {
+            return;
+        }
+        if self.list != 0 {
+            self.caches = core::array::from_fn(|_| Cache::default());
+            self.tags.fill(TagSet([0; BANKS]));
+        }
+        self.list = list;
     }
 }
 
@@ -397,7 +441,7 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
         }
         let mut cache = slot.cache.load(Ordering::Relaxed);
         if cache.is_null() {
-            cache = Box::into_raw(Box::new(new_banks()));
+            cache = Box::into_raw(new_banks());
             slot.cache.store(cache, Ordering::Relaxed);
         }
         // SAFETY: `busy` gives this thread exclusive use of the cache until
@@ -407,16 +451,19 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
         slot.busy.store(false, Ordering::Release);
         return;
     }
-    let mut cache = Box::new(new_banks());
+    let mut cache = new_banks();
     f(&mut cache, None);
 }
 
-fn new_banks() -> Banks {
-    Banks {
+/// Empty caches for a pool slot, built on the heap (about 130 KB, most of
+/// it framehop's entries), never on the stack.
+fn new_banks() -> Box<Banks> {
+    Box::new(Banks {
         caches: core::array::from_fn(|_| Cache::default()),
-        tags: [[0; RULE_ENTRIES]; BANKS],
+        tags: vec![TagSet([0; BANKS]); RULE_ENTRIES].into_boxed_slice(),
         misses: 0,
-    }
+        list: 0,
+    })
 }
 
 /// Rebuilds the module list when there is none yet, or when the last walk
@@ -640,6 +687,8 @@ fn load_modules(generation: (u64, u64), kept: &mut Kept) -> Modules {
     ranges.sort_unstable();
     Modules {
         unwinder,
+        // Relaxed: a counter; only the list's number is needed from it.
+        seq: NEXT_LIST.fetch_add(1, Ordering::Relaxed),
         generation,
         ranges,
     }
@@ -924,6 +973,77 @@ mod tests {
     /// differ by a multiple of `509 × 8`.
     const CLASH: u64 = (RULE_ENTRIES * BANKS) as u64;
 
+    /// Walks the stack from here with `modules` and `banks` as an
+    /// allocator's walk does; returns the lookups' statistics so far.
+    #[inline(never)]
+    fn walk_here(modules: &Modules, banks: &mut Banks) -> (usize, framehop::CacheStats) {
+        let (pc, sp, fp, lr) = registers();
+        let (lo, hi) = readable_stack(sp as usize).expect("this thread's stack");
+        let read = move |addr: u64| -> Result<u64, ()> {
+            let a = addr as usize;
+            if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
+                // SAFETY: 8-aligned, inside this thread's stack above sp.
+                Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
+            } else {
+                Err(())
+            }
+        };
+        let mut buf = [0u64; 64];
+        let mut out = Out {
+            buf: &mut buf,
+            skip: 0,
+            n: 0,
+            truncated: false,
+        };
+        banks.hold_rules_of(modules.seq);
+        walk_dwarf_with(modules, banks, pc, sp, fp, lr, read, &mut out);
+        let mut total = framehop::CacheStats::new();
+        for c in &banks.caches {
+            let s = c.stats();
+            total.hit_count += s.hit_count;
+            total.miss_empty_slot_count += s.miss_empty_slot_count;
+            total.miss_wrong_modules_count += s.miss_wrong_modules_count;
+            total.miss_wrong_address_count += s.miss_wrong_address_count;
+        }
+        (out.n, total)
+    }
+
+    #[test]
+    fn caches_hold_the_rules_of_one_list_at_a_time() {
+        // Two lists of the same modules, as after a loader change; the
+        // copies they name live in `kept` until the end of the test.
+        let mut kept = Kept {
+            copies: Vec::new(),
+            retired: Vec::new(),
+        };
+        let old = load_modules(loader_generation(), &mut kept);
+        let new = load_modules(loader_generation(), &mut kept);
+        assert!(new.seq > old.seq);
+        let mut banks = new_banks();
+        // One call site, so that the three walks see the same stack.
+        let walks: Vec<_> = [&old, &old, &new]
+            .into_iter()
+            .map(|modules| walk_here(modules, &mut banks))
+            .collect();
+        let [(frames, first), (again, warm), (walked, after)] = walks[..] else {
+            unreachable!()
+        };
+        assert!(frames > 3, "a real stack: {frames} frames");
+        assert_eq!(first.hits(), 0, "{first:?}");
+        // The same list again: every rule is found.
+        assert_eq!(again, frames);
+        assert_eq!(warm.misses(), first.misses(), "{warm:?}");
+        assert!(warm.hits() >= frames as u64 - 1, "{warm:?}");
+        // Another list: its walk finds the caches empty, not filled with
+        // rules of the old list under an old generation (which framehop
+        // would take for the new one's once its u16 generation wraps).
+        assert_eq!(walked, frames);
+        let fresh = |s: framehop::CacheStats| (s.hit_count, s.miss_wrong_modules_count);
+        assert_eq!(fresh(after), (0, 0), "{after:?}");
+        assert_eq!(after.misses(), first.misses(), "{after:?}");
+        assert_eq!(banks.list, new.seq);
+    }
+
     #[test]
     fn an_address_has_two_different_banks() {
         for address in (0x40_0000u64..).step_by(97).take(100_000) {
@@ -934,7 +1054,7 @@ mod tests {
 
     #[test]
     fn three_addresses_that_clash_in_one_bank_all_stay_cached() {
-        let mut banks = Box::new(new_banks());
+        let mut banks = new_banks();
         let base = 0x5555_5555_1234u64;
         let clashing = [base, base + CLASH, base + 2 * CLASH];
         let (first, _) = two_banks(base);
@@ -956,7 +1076,7 @@ mod tests {
 
     #[test]
     fn an_address_no_longer_used_does_not_hold_its_entry() {
-        let mut banks = Box::new(new_banks());
+        let mut banks = new_banks();
         let base = 0x7f00_0000_0040u64;
         // Two addresses that share both banks fill them; a third one that
         // shares both too must eventually get one of them and keep it while

@@ -138,10 +138,23 @@ pub fn prepare() {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            if slot.cache.load(Ordering::Relaxed).is_null() {
-                let cache = Box::into_raw(Box::new(super::new_banks()));
+            let mut cache = slot.cache.load(Ordering::Relaxed);
+            if cache.is_null() {
+                cache = Box::into_raw(super::new_banks());
                 slot.cache.store(cache, Ordering::Relaxed);
             }
+            // A handler cannot empty caches (that allocates), so it is done
+            // here for the list just published: a handler's walk then finds
+            // rules of an older list only if a list was built since this
+            // call, which matters only after 65 536 framehop generations
+            // (see `Banks::hold_rules_of`).
+            MODULES.with_pinned(Some(&slot.walking), |modules| {
+                if let Some(modules) = modules {
+                    // SAFETY: `busy` gives this thread exclusive use of the
+                    // cache; it is never freed.
+                    unsafe { &mut *cache }.hold_rules_of(modules.seq);
+                }
+            });
             // Release: publishes the cache to the next Acquire of `busy`.
             slot.busy.store(false, Ordering::Release);
         }
