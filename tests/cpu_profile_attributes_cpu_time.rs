@@ -26,6 +26,7 @@ use ferroprof::cpu::CpuProfiler;
 use ferroprof::pprof::{self, Symbolizer};
 use support::clocks::{spin, thread_cpu};
 use support::pprof_tools;
+use support::scratch::Scratch;
 
 const HZ: u32 = 100;
 
@@ -69,9 +70,10 @@ fn cpu_profile_attributes_cpu_time() {
     let profile = profiler.collect(&mut Symbolizer::default());
     profiler.stop().unwrap();
 
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cpu_two_threads-{}.pprof", std::process::id()));
-    std::fs::write(&path, pprof::encode(&profile)).unwrap();
+    let scratch = Scratch::new("cpu-two-threads");
+    let path = scratch.path().join("cpu_two_threads.pprof");
+    std::fs::write(&path, pprof::encode(&profile))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     let report = pprof_tools::check(&path);
     assert_eq!(report.sample_types, ["samples/count", "cpu/nanoseconds"]);
     assert_eq!(

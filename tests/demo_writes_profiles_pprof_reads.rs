@@ -11,6 +11,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
+use support::scratch::Scratch;
 use support::xml::xml_texts;
 
 /// `target/<profile>/examples/demo`, beside this test's `deps/` folder,
@@ -67,8 +68,9 @@ fn demo_binary() -> PathBuf {
 
 #[test]
 fn the_demo_writes_profiles_pprof_reads_and_flame_graphs() {
-    let out = std::env::temp_dir().join(format!("ferroprof-demo-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let scratch = Scratch::new("demo-test");
+    // Not made yet: the demo makes it.
+    let out = scratch.path().join("out");
     let output = Command::new(demo_binary())
         .args(["--seconds", "4", "--period", "2", "--out"])
         .arg(&out)
@@ -126,5 +128,4 @@ fn the_demo_writes_profiles_pprof_reads_and_flame_graphs() {
     // inlining, so a debug build differs from a release one).
     assert!(stdout.contains("== top 10, CPU"), "{stdout}");
     assert!(stdout.contains("== top 10, in-use heap"), "{stdout}");
-    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -45,6 +45,8 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
+mod support;
+
 use std::hint::black_box;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -53,6 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use ferroprof::{Error, Profiler};
+use support::scratch::Scratch;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator<ferroprof::Jemalloc> =
@@ -482,8 +485,10 @@ fn next_batch_with_samples(dir: &Path, seen: &[PathBuf]) -> PathBuf {
 #[test]
 fn fork_while_profiling() {
     start_watchdog();
-    let root = std::env::temp_dir().join(format!("ferroprof-fork-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    // The parent's and the children's output folders, in one scratch
+    // folder that only this process removes.
+    let scratch = Scratch::new("fork");
+    let root = scratch.path();
     let parent_dir = root.join("parent");
     let disposition_before = sigprof_disposition();
 
@@ -595,5 +600,4 @@ fn fork_while_profiling() {
     assert_eq!(stats.collect_error, 0, "{stats:?}");
     assert_eq!(sigprof_disposition(), disposition_before);
     FINISHED.store(true, Ordering::SeqCst);
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -5,10 +5,12 @@
 mod support;
 
 use std::hint::black_box;
+use std::path::Path;
 
 use ferroprof::heap::HeapProfiler;
 use ferroprof::pprof::{self, Symbolizer};
 use support::pprof_tools::{self, Report};
+use support::scratch::Scratch;
 use support::stats::within_5_sigma;
 
 #[global_allocator]
@@ -33,15 +35,23 @@ fn churn_256mib_in_256b_blocks() {
     }
 }
 
-fn period(profiler: &mut HeapProfiler, symbolizer: &mut Symbolizer, n: usize) -> Report {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("heap_period_{n}-{}.pprof", std::process::id()));
-    std::fs::write(&path, pprof::encode(&profiler.collect(symbolizer))).unwrap();
+/// Collects period `n`, writes it to `heap_period_<n>.pprof` in `dir`, and
+/// reads it with pprof.
+fn period(
+    dir: &Path,
+    profiler: &mut HeapProfiler,
+    symbolizer: &mut Symbolizer,
+    n: usize,
+) -> Report {
+    let path = dir.join(format!("heap_period_{n}.pprof"));
+    std::fs::write(&path, pprof::encode(&profiler.collect(symbolizer)))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     pprof_tools::check(&path)
 }
 
 #[test]
 fn heap_deltas_count_each_allocation_once() {
+    let scratch = Scratch::new("heap-deltas");
     ferroprof::alloc::set_sample_interval(INTERVAL);
     let mut profiler = HeapProfiler::new();
     let mut symbolizer = Symbolizer::default();
@@ -49,7 +59,7 @@ fn heap_deltas_count_each_allocation_once() {
     let kept = std::thread::spawn(keep_16mib_in_4kib_blocks)
         .join()
         .unwrap();
-    let first = period(&mut profiler, &mut symbolizer, 0);
+    let first = period(scratch.path(), &mut profiler, &mut symbolizer, 0);
     within_5_sigma(
         "first period allocated",
         first.cum_of("keep_16mib_in_4kib_blocks", "alloc_space"),
@@ -66,7 +76,7 @@ fn heap_deltas_count_each_allocation_once() {
     std::thread::spawn(churn_256mib_in_256b_blocks)
         .join()
         .unwrap();
-    let second = period(&mut profiler, &mut symbolizer, 1);
+    let second = period(scratch.path(), &mut profiler, &mut symbolizer, 1);
     // Nothing new was allocated by the keeper: its allocation delta is gone,
     // its in-use bytes stay.
     assert_eq!(
@@ -86,7 +96,7 @@ fn heap_deltas_count_each_allocation_once() {
     );
 
     drop(kept);
-    let third = period(&mut profiler, &mut symbolizer, 2);
+    let third = period(scratch.path(), &mut profiler, &mut symbolizer, 2);
     // Freed and nothing allocated: the keeper's stack is all zero and dropped.
     assert_eq!(
         third.cum_of("keep_16mib_in_4kib_blocks", "inuse_space"),

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use ferroprof::pprof::{self, Symbolizer};
 use support::pprof_tools;
+use support::scratch::Scratch;
 use support::stats::within_5_sigma;
 
 #[global_allocator]
@@ -72,9 +73,10 @@ fn heap_profile_names_allocation_sites() {
         SystemTime::now(),
         Duration::from_secs(1),
     );
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("heap_sites-{}.pprof", std::process::id()));
-    std::fs::write(&path, pprof::encode(&profile)).unwrap();
+    let scratch = Scratch::new("heap-sites");
+    let path = scratch.path().join("heap_sites.pprof");
+    std::fs::write(&path, pprof::encode(&profile))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 
     let report = pprof_tools::check(&path);
     assert_eq!(

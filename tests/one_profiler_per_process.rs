@@ -2,9 +2,12 @@
 //! once the first stops another can start. It works the same from inside
 //! an application's own tokio runtime, which it never touches.
 
+mod support;
+
 use std::time::Duration;
 
 use ferroprof::{Error, Profiler};
+use support::scratch::Scratch;
 
 fn builder(dir: &std::path::Path) -> ferroprof::ProfilerBuilder {
     // Nobody listens on port 9 (discard) here; the folder gets the batches.
@@ -18,7 +21,9 @@ fn builder(dir: &std::path::Path) -> ferroprof::ProfilerBuilder {
 
 #[test]
 fn a_second_start_is_refused_until_the_first_stops() {
-    let dir = std::env::temp_dir().join(format!("ferroprof-one-{}", std::process::id()));
+    let scratch = Scratch::new("one");
+    // Not made yet: the profiler makes its output folder.
+    let dir = scratch.path().join("out");
     let first = builder(&dir)
         .start_with_env(&|_| None)
         .expect("the first starts");
@@ -52,5 +57,4 @@ fn a_second_start_is_refused_until_the_first_stops() {
             .unwrap()
     });
     assert!(stats.batches >= 1, "{stats:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ferroprof::{ProfileType, Profiler};
+use support::scratch::Scratch;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator =
@@ -19,11 +20,9 @@ static GLOBAL: ferroprof::SamplingAllocator =
 /// One profiler per process at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A fresh folder under the system's temporary folder.
-fn fresh(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferroprof-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// The output folder in `scratch`, not made yet: the profiler makes it.
+fn output_folder(scratch: &Scratch) -> PathBuf {
+    scratch.path().join("out")
 }
 
 /// An agent address nobody listens on.
@@ -86,7 +85,8 @@ fn attachments(folder: &Path) -> Vec<String> {
 
 #[test]
 fn every_batch_is_written_with_all_profiles() {
-    let dir = fresh("all");
+    let scratch = Scratch::new("all");
+    let dir = output_folder(&scratch);
     let (folders, stats) = run_with(&dir, 2, |b| b.period(Duration::from_millis(500)));
     assert_eq!(folders.len() as u64, stats.batches, "{folders:?}");
     assert!(stats.batches >= 3, "2 full periods and the last: {stats:?}");
@@ -121,12 +121,12 @@ fn every_batch_is_written_with_all_profiles() {
             support::pprof_tools::check(&folder.join(profile));
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn only_the_chosen_profiles_and_cumulative_names_without_deltas() {
-    let dir = fresh("heap-only");
+    let heap_only = Scratch::new("heap-only");
+    let dir = output_folder(&heap_only);
     let (folders, _) = run_with(&dir, 1, |b| {
         b.period(Duration::from_millis(300))
             .profile_types([ProfileType::Heap])
@@ -141,9 +141,9 @@ fn only_the_chosen_profiles_and_cumulative_names_without_deltas() {
         let report = support::pprof_tools::check(&folder.join("heap.pprof"));
         assert_eq!(report.sample_types.len(), 4);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 
-    let dir = fresh("cpu-only");
+    let cpu_only = Scratch::new("cpu-only");
+    let dir = output_folder(&cpu_only);
     let (folders, _) = run_with(&dir, 1, |b| {
         b.period(Duration::from_millis(300))
             .profile_types([ProfileType::Cpu, ProfileType::Metrics])
@@ -155,12 +155,12 @@ fn only_the_chosen_profiles_and_cumulative_names_without_deltas() {
             ["cpu.pprof", "event.json", "metrics.json"]
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_cpu_duration_shorter_than_the_period_samples_part_of_each_period() {
-    let dir = fresh("cpu-duration");
+    let scratch = Scratch::new("cpu-duration");
+    let dir = output_folder(&scratch);
     let (folders, stats) = run_with(&dir, 2, |b| {
         b.period(Duration::from_millis(700))
             .cpu_duration(Duration::from_millis(200))
@@ -179,12 +179,12 @@ fn a_cpu_duration_shorter_than_the_period_samples_part_of_each_period() {
             "{folder:?}: {cpu_ns} ns in a 200 ms window"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn with_uploads_off_only_the_folder_gets_batches() {
-    let dir = fresh("no-upload");
+    let scratch = Scratch::new("no-upload");
+    let dir = output_folder(&scratch);
     let (folders, stats) = run_with(&dir, 1, |b| {
         b.period(Duration::from_millis(300)).upload(false)
     });
@@ -201,5 +201,4 @@ fn with_uploads_off_only_the_folder_gets_batches() {
         (0, 0, 0, 0),
         "{stats:?}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,12 +4,17 @@
 //! failed `start()` there.) One test in its own binary, as it points the
 //! certificate variables of the whole process at nothing.
 
+mod support;
+
 use std::time::Duration;
+
+use support::scratch::Scratch;
 
 #[test]
 fn a_plain_http_agent_needs_no_certificates() {
-    let empty = std::env::temp_dir().join(format!("ferroprof-no-certs-{}.pem", std::process::id()));
-    std::fs::write(&empty, "").unwrap();
+    let scratch = Scratch::new("no-certs");
+    let empty = scratch.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap_or_else(|e| panic!("writing {}: {e}", empty.display()));
     // No other thread runs in this binary yet.
     std::env::set_var("SSL_CERT_FILE", &empty);
     std::env::set_var("SSL_CERT_DIR", "/nonexistent-ferroprof-test");
@@ -21,5 +26,4 @@ fn a_plain_http_agent_needs_no_certificates() {
         .expect("no certificates are needed for http://");
     let stats = profiler.stop();
     assert_eq!(stats.batches, 1, "{stats:?}");
-    std::fs::remove_file(&empty).unwrap();
 }

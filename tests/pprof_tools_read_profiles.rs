@@ -8,10 +8,11 @@
 mod support;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::pprof_tools::{check, pprof_raw, pprof_top, tools, MappingReport, Stack};
+use support::scratch::Scratch;
 
 /// One protobuf message, encoded as fields are added.
 #[derive(Default)]
@@ -161,19 +162,17 @@ fn hand_made_profile(values_of_b: &[u64]) -> Vec<u8> {
     profile.0
 }
 
-/// Writes `bytes` to a file of this test's own under Cargo's tmp dir.
-fn write(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pprof_tools_read_profiles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Writes `bytes` to `name` in `dir`.
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
 }
 
 #[test]
 fn the_checker_reports_what_was_encoded() {
-    let path = write("hand-made.pb", &hand_made_profile(&[3, 300]));
+    let dir = Scratch::new("pprof-tools-read-profiles");
+    let path = write(dir.path(), "hand-made.pb", &hand_made_profile(&[3, 300]));
     let report = check(&path);
 
     assert_eq!(
@@ -239,11 +238,12 @@ fn the_checker_reports_what_was_encoded() {
 
 #[test]
 fn a_gzipped_profile_reads_the_same() {
+    let dir = Scratch::new("pprof-tools-read-profiles");
     let raw = hand_made_profile(&[3, 300]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&raw).unwrap();
-    let gzipped = write("hand-made.pb.gz", &gz.finish().unwrap());
-    let plain = write("hand-made-for-gzip.pb", &raw);
+    let gzipped = write(dir.path(), "hand-made.pb.gz", &gz.finish().unwrap());
+    let plain = write(dir.path(), "hand-made-for-gzip.pb", &raw);
 
     let (a, b) = (check(&gzipped), check(&plain));
     assert_eq!(a.totals, b.totals);
@@ -254,7 +254,12 @@ fn a_gzipped_profile_reads_the_same() {
 
 #[test]
 fn google_pprof_prints_the_profile() {
-    let path = write("hand-made-for-pprof.pb", &hand_made_profile(&[3, 300]));
+    let dir = Scratch::new("pprof-tools-read-profiles");
+    let path = write(
+        dir.path(),
+        "hand-made-for-pprof.pb",
+        &hand_made_profile(&[3, 300]),
+    );
 
     let raw = pprof_raw(&path);
     for expected in [
@@ -294,19 +299,21 @@ fn checker_rejects(path: &std::path::Path) -> String {
 
 #[test]
 fn a_corrupt_file_is_rejected() {
+    let dir = Scratch::new("pprof-tools-read-profiles");
     let mut bytes = hand_made_profile(&[3, 300]);
     bytes.truncate(bytes.len() / 2);
-    let stderr = checker_rejects(&write("truncated.pb", &bytes));
+    let stderr = checker_rejects(&write(dir.path(), "truncated.pb", &bytes));
     assert!(stderr.contains("parsing profile"), "{stderr}");
 
-    let stderr = checker_rejects(&write("empty.pb", &[]));
+    let stderr = checker_rejects(&write(dir.path(), "empty.pb", &[]));
     assert!(stderr.contains("parsing profile"), "{stderr}");
 }
 
 #[test]
 fn an_invalid_profile_is_rejected() {
+    let dir = Scratch::new("pprof-tools-read-profiles");
     // One value in sample B for two sample types: decodes, fails CheckValid.
-    let stderr = checker_rejects(&write("one-value.pb", &hand_made_profile(&[3])));
+    let stderr = checker_rejects(&write(dir.path(), "one-value.pb", &hand_made_profile(&[3])));
     assert!(stderr.contains("malformed profile"), "{stderr}");
     assert!(
         stderr.contains("sample has 1 values vs. 2 types"),

@@ -5,13 +5,17 @@
 
 mod support;
 
+use std::path::Path;
+
 use ferroprof::pprof::{self, Delta, FrameLine, LabelValue, MappingInfo, Profile, ProfileBuilder};
 use support::pprof_tools::{self, Report};
+use support::scratch::Scratch;
 
-fn write_and_check(name: &str, profile: &Profile) -> Report {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{}-{name}", std::process::id()));
-    std::fs::write(&path, pprof::encode(profile)).unwrap();
+/// Writes `profile` to `name` in `dir` and reads it with pprof.
+fn write_and_check(dir: &Path, name: &str, profile: &Profile) -> Report {
+    let path = dir.join(name);
+    std::fs::write(&path, pprof::encode(profile))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     pprof_tools::check(&path)
 }
 
@@ -91,6 +95,7 @@ fn heap_like(k: i64, order: &[usize]) -> Profile {
 
 #[test]
 fn a_profile_using_every_feature_reads_back_exactly() {
+    let dir = Scratch::new("every-feature");
     let mut b = ProfileBuilder::new(
         &[("samples", "count"), ("cpu", "nanoseconds")],
         ("cpu", "nanoseconds"),
@@ -135,7 +140,7 @@ fn a_profile_using_every_feature_reads_back_exactly() {
         ],
     );
     b.sample(&[dropped], &[4, 40_000_000], &[]);
-    let r = write_and_check("every_feature.pprof", &b.build());
+    let r = write_and_check(dir.path(), "every_feature.pprof", &b.build());
 
     assert_eq!(r.sample_types, ["samples/count", "cpu/nanoseconds"]);
     assert_eq!(
@@ -171,6 +176,7 @@ fn a_profile_using_every_feature_reads_back_exactly() {
 
 #[test]
 fn delta_profiles_read_back_and_sum_to_the_cumulative_one() {
+    let dir = Scratch::new("delta-profiles");
     let mut delta = Delta::new(&["alloc_objects", "alloc_space"]);
     let orders: [&[usize]; 4] = [&[0, 1, 2], &[2, 0, 1], &[1, 2, 0], &[0, 2, 1]];
     let mut sums: std::collections::HashMap<String, Vec<i64>> = Default::default();
@@ -178,7 +184,7 @@ fn delta_profiles_read_back_and_sum_to_the_cumulative_one() {
     for (period, order) in orders.iter().enumerate() {
         let k = [1, 4, 4, 9][period];
         let out = delta.apply(heap_like(k, order));
-        let r = write_and_check(&format!("delta_{period}.pprof"), &out);
+        let r = write_and_check(dir.path(), &format!("delta_{period}.pprof"), &out);
         for (f, v) in &r.flat {
             let s = sums.entry(f.clone()).or_insert_with(|| vec![0; v.len()]);
             for (s, v) in s.iter_mut().zip(v) {
@@ -196,7 +202,7 @@ fn delta_profiles_read_back_and_sum_to_the_cumulative_one() {
         }
         last = Some(r);
     }
-    let cumulative = write_and_check("cumulative.pprof", &heap_like(9, &[0, 1, 2]));
+    let cumulative = write_and_check(dir.path(), "cumulative.pprof", &heap_like(9, &[0, 1, 2]));
     let last = last.unwrap();
     for (f, v) in &cumulative.flat {
         let alloc = last.value("alloc_space");

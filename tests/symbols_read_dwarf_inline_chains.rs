@@ -4,12 +4,15 @@
 //! first, with their files and lines, in a mapping that names the library
 //! and its build id.
 
+mod support;
+
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
 use ferroprof::pprof::Symbolizer;
+use support::scratch::Scratch;
 
 const SOURCE: &str = r#"typedef void (*callback)(void);
 
@@ -36,10 +39,8 @@ extern "C" fn callback() {
     *STACK.lock().unwrap() = stack;
 }
 
-fn build_library() -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("inline-chain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Builds [`SOURCE`] into `libinl.so` in `dir`; returns its path.
+fn build_library(dir: &Path) -> PathBuf {
     let source = dir.join("inl.c");
     let library = dir.join("libinl.so");
     std::fs::write(&source, SOURCE).unwrap();
@@ -55,7 +56,8 @@ fn build_library() -> PathBuf {
 
 #[test]
 fn symbols_read_dwarf_inline_chains() {
-    let library = build_library();
+    let dir = Scratch::new("inline-chain");
+    let library = build_library(dir.path());
     let mut symbolizer = Symbolizer::default();
     // The module list is read now, before the library is loaded.
     let here = symbols_read_dwarf_inline_chains as *const () as u64;

@@ -48,6 +48,8 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
+mod support;
+
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -58,6 +60,7 @@ use std::time::{Duration, Instant};
 
 use ferroprof::cpu::CpuProfiler;
 use ferroprof::pprof::Symbolizer;
+use support::scratch::Scratch;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator<ferroprof::Jemalloc> =
@@ -436,8 +439,9 @@ fn settle_and_measure(baseline: &BTreeSet<i32>, threads: usize, period: Duration
 
 /// The full profiler, polling on its own schedule.
 fn full_profiler_with_short_lived_threads_keeps_nothing() {
-    let dir = std::env::temp_dir().join(format!("ferroprof-churn-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = Scratch::new("churn");
+    // Not made yet: the profiler makes its output folder.
+    let dir = scratch.path().join("out");
     let period = Duration::from_millis(200);
     let profiler = ferroprof::Profiler::builder()
         .output_dir(&dir)
@@ -488,7 +492,6 @@ fn full_profiler_with_short_lived_threads_keeps_nothing() {
     let last = last_batch(&dir);
     assert!(last.join("cpu.pprof").is_file(), "{}", last.display());
     assert_flat("full profiler", &warm.unwrap(), &end);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn last_batch(dir: &Path) -> std::path::PathBuf {

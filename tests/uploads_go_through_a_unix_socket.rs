@@ -5,18 +5,19 @@
 //! `delta-heap.pprof` and `metrics.json`.
 //!
 //! The agent is `tests/support/fake_agent.rs` on a `UnixListener` in a
-//! fresh temporary folder. One profiler per process: the tests take turns.
+//! fresh scratch folder (`tests/support/scratch.rs`, whose root is short
+//! enough for a socket's path). One profiler per process: the tests take
+//! turns.
 
 mod support;
 
-use std::fs;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ferroprof::{Profiler, ProfilerBuilder, SelfStats};
 use support::fake_agent::{Behaviour, FakeAgent, Request};
+use support::scratch::Scratch;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator =
@@ -40,33 +41,6 @@ const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN: Duration = Duration::from_secs(1);
 /// How long a run may wait, past [`RUN`], for the first upload.
 const PATIENCE: Duration = Duration::from_secs(15);
-
-/// A fresh folder under the system's temporary folder (short name: a
-/// socket path must fit in 108 bytes), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        let path =
-            std::env::temp_dir().join(format!("ferroprof-{name}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Allocates and computes for a moment, so the profiles have something.
 fn work(round: u64) {
@@ -149,7 +123,7 @@ fn assert_every_batch_arrived(stats: &SelfStats, requests: &[Request]) {
 #[test]
 fn uploads_go_through_the_builders_socket() {
     let _turn = one_at_a_time();
-    let dir = TempDir::new("uds");
+    let dir = Scratch::new("uds");
     let agent = FakeAgent::start_unix(dir.path().join("apm.sock"), Behaviour::Accept);
     let stats = run(Profiler::builder().uds(agent.socket_path()), &|_: &str| {
         None
@@ -160,7 +134,7 @@ fn uploads_go_through_the_builders_socket() {
 #[test]
 fn uploads_go_through_the_socket_of_dd_trace_agent_url() {
     let _turn = one_at_a_time();
-    let dir = TempDir::new("uds-env");
+    let dir = Scratch::new("uds-env");
     let agent = FakeAgent::start_unix(dir.path().join("apm.sock"), Behaviour::Accept);
     let url = format!("unix://{}", agent.socket_path().display());
     assert!(url.starts_with("unix:///"), "{url}");

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferroprof::{Profiler, StatsdClient};
+use support::scratch::Scratch;
 use support::test_agent::{Request, TestAgent};
 
 #[global_allocator]
@@ -241,8 +242,8 @@ fn check_request(request: &Request) -> serde_json::Value {
         );
         assert!(!part.body.is_empty(), "{} is empty", part.name);
     }
-    let dir = std::env::temp_dir().join(format!("ferroprof-upload-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new("upload-test");
+    let dir = scratch.path();
     for (name, types) in [
         ("cpu.pprof", &["samples/count", "cpu/nanoseconds"][..]),
         (
@@ -262,7 +263,6 @@ fn check_request(request: &Request) -> serde_json::Value {
         let report = support::pprof_tools::check(&path);
         assert_eq!(report.sample_types, types, "{name}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let metrics_part = parts.iter().find(|p| p.name == "metrics.json").unwrap();
     let metrics: Vec<(String, f64)> =

@@ -20,10 +20,11 @@ use std::fs;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ferroprof::{ProfileType, Profiler, ProfilerBuilder, SelfStats, StatsdClient};
 use support::fake_agent::{Behaviour, FakeAgent};
+use support::scratch::Scratch;
 
 #[global_allocator]
 static GLOBAL: ferroprof::SamplingAllocator =
@@ -55,32 +56,6 @@ const BATCH_FILES: [&str; 4] = [
     "event.json",
     "metrics.json",
 ];
-
-/// A fresh folder under the system's temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("ferroprof-{name}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The self metrics sent to the statsd client, and when the last
 /// collection ended.
@@ -305,7 +280,7 @@ fn misbehaving(
     until: impl Fn(&SelfStats) -> bool,
     ending: Ending,
 ) -> Run {
-    let out = TempDir::new(name);
+    let out = Scratch::new(name);
     let run = run(
         builder(&agent.agent_addr(), UPLOAD_TIMEOUT, PERIOD, out.path()),
         RUN,
@@ -442,7 +417,7 @@ fn a_full_queue_drops_the_oldest_batch() {
     // build takes seconds a period).
     let upload_timeout = Duration::from_secs(20);
     let agent = FakeAgent::start(Behaviour::NeverAnswer);
-    let out = TempDir::new("full-queue");
+    let out = Scratch::new("full-queue");
     let run = run(
         builder(
             &agent.agent_addr(),
@@ -472,7 +447,7 @@ fn a_full_queue_drops_the_oldest_batch() {
 fn a_working_agent_gets_every_batch_once() {
     let _turn = one_at_a_time();
     let agent = FakeAgent::start(Behaviour::Accept);
-    let out = TempDir::new("accept");
+    let out = Scratch::new("accept");
     // Uploads run on their own thread, so a collection (seconds, in a
     // debug build) never stalls one past its timeout.
     let run = run(
@@ -535,7 +510,7 @@ fn a_working_agent_gets_every_batch_once() {
 fn an_answer_arriving_during_a_collection_counts_once() {
     let _turn = one_at_a_time();
     let agent = FakeAgent::start(Behaviour::AnswerAfter(Duration::from_millis(600)));
-    let out = TempDir::new("answer-during-collection");
+    let out = Scratch::new("answer-during-collection");
     let run = run(
         builder(&agent.agent_addr(), UPLOAD_TIMEOUT, PERIOD, out.path()),
         RUN,

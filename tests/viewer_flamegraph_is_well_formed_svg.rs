@@ -16,16 +16,8 @@ use std::process::{Command, Output};
 
 use ferroprof::pprof::{encode, FrameLine, ProfileBuilder};
 use ferroprof::view;
+use support::scratch::Scratch;
 use support::xml::xml_texts;
-
-/// A file in this test's temporary folder, named after the process so
-/// that concurrent runs do not collide.
-fn temp_file(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("viewer-flamegraph-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir.join(name)
-}
 
 /// Runs `ferroprof` and asserts it succeeds.
 fn ferroprof(args: &[&str]) -> Output {
@@ -81,7 +73,8 @@ fn names_with_xml_characters_are_escaped() {
     b.sample(&[push, main], &[1024], &[]);
     b.sample(&[and, main], &[512], &[]);
     b.sample(&[fmt, and, main], &[512], &[]);
-    let path = temp_file("escapes.pprof");
+    let dir = Scratch::new("viewer-flamegraph");
+    let path = dir.path().join("escapes.pprof");
     std::fs::write(&path, encode(&b.build())).unwrap();
 
     let svg = flamegraph(&path, &["--title", "known <profile> & co"]);
@@ -154,6 +147,7 @@ fn go_profiles_are_read() {
         eprintln!("skipped: no gzipped profile.proto test data in {GO_TESTDATA:?}");
         return;
     }
+    let dir = Scratch::new("viewer-flamegraph");
     for path in profiles {
         let profile = view::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let index = view::sample_index(&profile, None).unwrap();
@@ -191,7 +185,7 @@ fn go_profiles_are_read() {
             path.display()
         );
 
-        let copy = temp_file(&format!(
+        let copy = dir.path().join(format!(
             "go-{}",
             path.file_name().unwrap().to_string_lossy()
         ));

@@ -23,17 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ferroprof::pprof::{encode, FrameLine, ProfileBuilder};
+use support::scratch::Scratch;
 
 const MS: i64 = 1_000_000;
-
-/// A file in this test's temporary folder, named after the process so
-/// that concurrent runs do not collide.
-fn temp_file(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("viewer-top-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir.join(name)
-}
 
 /// The profile of the module docs, encoded (gzip).
 fn known_profile() -> Vec<u8> {
@@ -62,10 +54,9 @@ fn known_profile() -> Vec<u8> {
     encode(&b.build())
 }
 
-/// The known profile written to `name` in the temporary folder (one name
-/// per test: the tests run at the same time).
-fn known_profile_file(name: &str) -> PathBuf {
-    let path = temp_file(name);
+/// The known profile written to `name` in `dir`.
+fn known_profile_file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
     std::fs::write(&path, known_profile())
         .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
@@ -108,7 +99,8 @@ fn row(columns: [&str; 6]) -> Vec<String> {
 
 #[test]
 fn top_prints_the_known_values() {
-    let path = known_profile_file("top_known.pprof");
+    let dir = Scratch::new("viewer-top");
+    let path = known_profile_file(dir.path(), "top_known.pprof");
     let file = path.to_str().unwrap();
 
     // cpu is the last sample type, so the default.
@@ -156,7 +148,8 @@ fn top_prints_the_known_values() {
 /// sources (`./.ci/setup`), as the other pprof tests do.
 #[test]
 fn top_prints_what_pprof_prints() {
-    let path = known_profile_file("top_vs_pprof.pprof");
+    let dir = Scratch::new("viewer-top");
+    let path = known_profile_file(dir.path(), "top_vs_pprof.pprof");
     for sample_index in ["cpu", "samples"] {
         let ours = top(&[path.to_str().unwrap(), "--sample-index", sample_index]);
         let pprofs = support::pprof_tools::pprof_top(&path, sample_index);
@@ -171,7 +164,8 @@ fn top_prints_what_pprof_prints() {
 
 #[test]
 fn a_file_that_is_not_a_profile_exits_1_naming_it() {
-    let path = temp_file("malformed.pprof");
+    let dir = Scratch::new("viewer-top");
+    let path = dir.path().join("malformed.pprof");
     std::fs::write(&path, b"this is not a profile\n").unwrap();
     let file = path.to_str().unwrap();
     let out = ferroprof(&["top", file]);
@@ -191,7 +185,7 @@ fn a_file_that_is_not_a_profile_exits_1_naming_it() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(file), "{stderr}");
 
-    let missing = temp_file("missing.pprof");
+    let missing = dir.path().join("missing.pprof");
     let missing = missing.to_str().unwrap();
     let out = ferroprof(&["top", missing]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -204,7 +198,8 @@ fn a_file_that_is_not_a_profile_exits_1_naming_it() {
 
 #[test]
 fn an_unknown_sample_type_exits_1_listing_the_known_ones() {
-    let path = known_profile_file("unknown_type.pprof");
+    let dir = Scratch::new("viewer-top");
+    let path = known_profile_file(dir.path(), "unknown_type.pprof");
     let out = ferroprof(&[
         "top",
         path.to_str().unwrap(),
@@ -221,7 +216,8 @@ fn an_unknown_sample_type_exits_1_listing_the_known_ones() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let path = known_profile_file("usage.pprof");
+    let dir = Scratch::new("viewer-top");
+    let path = known_profile_file(dir.path(), "usage.pprof");
     let file = path.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&[], "no command given"),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 pub mod clocks;
 pub mod fake_agent;
 pub mod pprof_tools;
+pub mod scratch;
 pub mod stats;
 pub mod test_agent;
 pub mod xml;
