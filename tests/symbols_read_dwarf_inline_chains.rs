@@ -56,7 +56,7 @@ fn build_library(dir: &Path) -> PathBuf {
 
 #[test]
 fn symbols_read_dwarf_inline_chains() {
-    let dir = Scratch::new("inline-chain");
+    let dir = Scratch::in_target("inline-chain");
     let library = build_library(dir.path());
     let mut symbolizer = Symbolizer::default();
     // The module list is read now, before the library is loaded.

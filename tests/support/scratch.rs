@@ -17,10 +17,10 @@
 //!   (which every user here, an integration test, could also have) because
 //!   a Unix socket's path must fit in 108 bytes (`sun_path`), and
 //!   `uploads_go_through_a_unix_socket` puts one in its folder: a target
-//!   directory can be nested arbitrarily deep, `/tmp` is short. The price:
-//!   `symbols_read_dwarf_inline_chains` `dlopen`s a library it builds in
-//!   its folder, which fails where the temporary folder is mounted
-//!   `noexec` (point `TMPDIR` elsewhere there).
+//!   directory can be nested arbitrarily deep, `/tmp` is short. A test
+//!   that runs or `dlopen`s what it builds there
+//!   (`symbols_read_dwarf_inline_chains`) uses [`Scratch::in_target`]
+//!   instead, since the temporary folder may be mounted `noexec`.
 //! - Fresh: a folder left at that path by an earlier process with the same
 //!   pid (one that panicked, say) is removed first.
 //! - Dropping a [`Scratch`] removes the folder, unless the thread is
@@ -51,10 +51,21 @@ impl Scratch {
     /// `ferroprof-<name>-`; `name` says which test it is for, to whoever
     /// finds it kept after a failure. Panics if it cannot be made.
     pub fn new(name: &str) -> Scratch {
+        Scratch::under(&std::env::temp_dir(), name)
+    }
+
+    /// As [`Scratch::new`], under Cargo's `CARGO_TARGET_TMPDIR` (inside the
+    /// target directory, where built code surely may run) instead of the
+    /// system's temporary folder.
+    pub fn in_target(name: &str) -> Scratch {
+        Scratch::under(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
+    }
+
+    fn under(root: &Path, name: &str) -> Scratch {
         static MADE: AtomicU64 = AtomicU64::new(0);
         let n = MADE.fetch_add(1, Ordering::Relaxed);
         let owner = std::process::id();
-        let path = std::env::temp_dir().join(format!("ferroprof-{name}-{owner}-{n}"));
+        let path = root.join(format!("ferroprof-{name}-{owner}-{n}"));
         // Left by an earlier process with this pid; a failure to remove it
         // shows as `create_dir` failing below.
         let _ = fs::remove_dir_all(&path);
