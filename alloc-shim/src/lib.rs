@@ -68,6 +68,11 @@ mod allocator;
 #[cfg(not(loom))]
 mod global;
 
+/// The loom build (`--cfg loom`) model-checks the tables only and builds no
+/// jemalloc: the default inner allocator is then the system's.
+#[cfg(loom)]
+pub use std::alloc::System as Jemalloc;
+#[cfg(not(loom))]
 pub use tikv_jemallocator::Jemalloc;
 
 #[cfg(not(loom))]
