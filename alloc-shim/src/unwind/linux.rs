@@ -167,22 +167,38 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
         out.push(pc);
         return (out.n, out.truncated);
     };
-    let read = move |addr: u64| -> Result<u64, ()> {
-        let a = addr as usize;
-        if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
-            // SAFETY: `a` is 8-aligned and inside this thread's stack between
-            // the current stack pointer and its top, which is mapped and
-            // readable for as long as this function runs.
-            Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
-        } else {
-            Err(())
-        }
-    };
+    // SAFETY: `[lo, hi)` is this thread's stack between the current stack
+    // pointer and its top, mapped and readable for as long as this
+    // function runs, and `read` does not outlive it.
+    let read = unsafe { stack_reader(lo, hi) };
     match super::mode() {
         UnwindMode::FramePointers => walk_frame_pointers(pc, fp, lr, read, &mut out),
         UnwindMode::Dwarf => walk_dwarf(pc, sp, fp, lr, read, &mut out),
     }
     (out.n, out.truncated)
+}
+
+/// Reads 8-byte words inside `[lo, hi)`; anything else (out of range,
+/// misaligned) is an error, so a broken frame chain ends the walk instead
+/// of reading wild memory.
+///
+/// # Safety
+///
+/// `[lo, hi)` must be mapped and readable for as long as the reader is
+/// used: a stack above its pointer, whose code is the caller or is
+/// suspended (a signal handler's interrupted code).
+#[inline(always)]
+unsafe fn stack_reader(lo: usize, hi: usize) -> impl Fn(u64) -> Result<u64, ()> {
+    move |addr: u64| {
+        let a = addr as usize;
+        if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
+            // SAFETY: `a` is 8-aligned and inside `[lo, hi)`, readable while
+            // the reader is used (the contract of `stack_reader`).
+            Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
+        } else {
+            Err(())
+        }
+    }
 }
 
 struct Out<'a> {
@@ -979,15 +995,8 @@ mod tests {
     fn walk_here(modules: &Modules, banks: &mut Banks) -> (usize, framehop::CacheStats) {
         let (pc, sp, fp, lr) = registers();
         let (lo, hi) = readable_stack(sp as usize).expect("this thread's stack");
-        let read = move |addr: u64| -> Result<u64, ()> {
-            let a = addr as usize;
-            if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
-                // SAFETY: 8-aligned, inside this thread's stack above sp.
-                Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
-            } else {
-                Err(())
-            }
-        };
+        // SAFETY: this thread's stack above its pointer, while this runs.
+        let read = unsafe { stack_reader(lo, hi) };
         let mut buf = [0u64; 64];
         let mut out = Out {
             buf: &mut buf,

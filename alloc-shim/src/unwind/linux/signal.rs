@@ -30,7 +30,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT, MODULES, POOL,
+    on_alt_stack, stack_reader, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT,
+    MODULES, POOL,
 };
 use crate::unwind::UnwindMode;
 
@@ -178,17 +179,10 @@ pub fn capture(regs: &Registers, buf: &mut [u64]) -> SignalCapture {
             false
         }
         Some((lo, hi)) => {
-            let read = move |addr: u64| -> Result<u64, ()> {
-                let a = addr as usize;
-                if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
-                    // SAFETY: `a` is 8-aligned and inside the interrupted
-                    // stack above its stack pointer: mapped and readable
-                    // (the interrupted code is suspended while we run).
-                    Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
-                } else {
-                    Err(())
-                }
-            };
+            // SAFETY: the interrupted stack above its stack pointer: mapped
+            // and readable, its code suspended while the handler runs, and
+            // `read` does not outlive this call.
+            let read = unsafe { stack_reader(lo, hi) };
             match crate::unwind::mode() {
                 UnwindMode::FramePointers => {
                     walk_frame_pointers(regs.pc, regs.fp, regs.lr, read, &mut out);
