@@ -377,14 +377,8 @@ mod tests {
     fn garbage_frame_pointers_end_the_walk_without_overflow() {
         let local = [0u64; 4];
         let (lo, hi) = (local.as_ptr() as usize, local.as_ptr() as usize + 32);
-        let read = |a: u64| -> Result<u64, ()> {
-            let a = a as usize;
-            if a >= lo && a.checked_add(8).is_some_and(|e| e <= hi) && a.is_multiple_of(8) {
-                Ok(local[(a - lo) / 8])
-            } else {
-                Err(())
-            }
-        };
+        // SAFETY: `[lo, hi)` is `local`, which outlives every use of `read`.
+        let read = unsafe { stack_reader(lo, hi) };
         for fp in [u64::MAX, u64::MAX - 3, u64::MAX - 7, 1, 0] {
             let mut buf = [0u64; 8];
             let mut out = Out {
@@ -393,7 +387,7 @@ mod tests {
                 n: 0,
                 truncated: false,
             };
-            walk_frame_pointers(0x1234, fp, 0, read, &mut out);
+            walk_frame_pointers(0x1234, fp, 0, &read, &mut out);
             assert_eq!(out.n, 1, "only the pc for fp {fp:#x}");
         }
     }
