@@ -11,8 +11,11 @@
 //!   rebuilt when the loader's add/remove counters move, and a replaced
 //!   list, with the copies only it named, is freed once no walk holds it
 //!   (hazard pointers, see `hazard`). framehop's rule
-//!   cache makes repeated stacks cheap. Caches come from a small pool taken
-//!   with a try-lock, so no thread ever waits for another.
+//!   cache makes repeated frames cheap, and the frames a walk shares with
+//!   the slot's last walk (its outer frames, usually) are replayed from
+//!   that walk when their registers and stack words are unchanged, without
+//!   unwinding them again (`linux::replay`). Caches come from a small pool
+//!   taken with a try-lock, so no thread ever waits for another.
 //! - **Frame pointers**: follows the `rbp`/`x29` chain; faster, and right
 //!   only when everything is built with `-C force-frame-pointers=yes`.
 //!

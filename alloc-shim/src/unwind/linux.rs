@@ -13,7 +13,9 @@ use framehop::{
 
 use super::hazard::{Current, Hazard};
 use super::UnwindMode;
+use replay::{Memo, Replay};
 
+mod replay;
 pub mod signal;
 
 /// Stack capture works here.
@@ -169,11 +171,11 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
     };
     // SAFETY: `[lo, hi)` is this thread's stack between the current stack
     // pointer and its top, mapped and readable for as long as this
-    // function runs, and `read` does not outlive it.
-    let read = unsafe { stack_reader(lo, hi) };
+    // function runs, and `stack` does not outlive it.
+    let stack = unsafe { Stack::new(lo, hi) };
     match super::mode() {
-        UnwindMode::FramePointers => walk_frame_pointers(pc, fp, lr, read, &mut out),
-        UnwindMode::Dwarf => walk_dwarf(pc, sp, fp, lr, read, &mut out),
+        UnwindMode::FramePointers => walk_frame_pointers(pc, fp, lr, |a| stack.read(a), &mut out),
+        UnwindMode::Dwarf => walk_dwarf(pc, sp, fp, lr, &stack, &mut out),
     }
     (out.n, out.truncated)
 }
@@ -181,23 +183,60 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
 /// Reads 8-byte words inside `[lo, hi)`; anything else (out of range,
 /// misaligned) is an error, so a broken frame chain ends the walk instead
 /// of reading wild memory.
-///
-/// # Safety
-///
-/// `[lo, hi)` must be mapped and readable for as long as the reader is
-/// used: a stack above its pointer, whose code is the caller or is
-/// suspended (a signal handler's interrupted code).
-#[inline(always)]
-unsafe fn stack_reader(lo: usize, hi: usize) -> impl Fn(u64) -> Result<u64, ()> {
-    move |addr: u64| {
+#[derive(Clone, Copy)]
+struct Stack {
+    lo: usize,
+    hi: usize,
+}
+
+impl Stack {
+    /// # Safety
+    ///
+    /// `[lo, hi)` must be mapped and readable for as long as the reader is
+    /// used: a stack above its pointer, whose code is the caller or is
+    /// suspended (a signal handler's interrupted code).
+    unsafe fn new(lo: usize, hi: usize) -> Stack {
+        Stack { lo, hi }
+    }
+
+    /// The word at `addr`.
+    #[inline(always)]
+    fn read(&self, addr: u64) -> Result<u64, ()> {
         let a = addr as usize;
-        if a >= lo && a.checked_add(8).is_some_and(|end| end <= hi) && a.is_multiple_of(8) {
+        if a >= self.lo && a.checked_add(8).is_some_and(|end| end <= self.hi) && a.is_multiple_of(8)
+        {
             // SAFETY: `a` is 8-aligned and inside `[lo, hi)`, readable while
-            // the reader is used (the contract of `stack_reader`).
+            // the reader is used (the contract of `Stack::new`).
             Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
         } else {
             Err(())
         }
+    }
+
+    /// Whether the words from `addr` on are `words`: all inside `[lo, hi)`
+    /// and equal (one bounds check, then a load and compare per word).
+    #[inline(always)]
+    fn holds(&self, addr: u64, words: &[u64]) -> bool {
+        if words.is_empty() {
+            return true;
+        }
+        let a = addr as usize;
+        let inside = a >= self.lo
+            && a.is_multiple_of(8)
+            && (words.len() * 8)
+                .checked_add(a)
+                .is_some_and(|end| end <= self.hi);
+        if !inside {
+            return false;
+        }
+        let at = a as *const u64;
+        let mut differ = 0;
+        for (k, &w) in words.iter().enumerate() {
+            // SAFETY: `at + k` is 8-aligned and inside `[lo, hi)` (checked
+            // above), readable while the reader is used.
+            differ |= unsafe { core::ptr::read_volatile(at.add(k)) } ^ w;
+        }
+        differ == 0
     }
 }
 
@@ -254,20 +293,13 @@ fn walk_frame_pointers(
     }
 }
 
-fn walk_dwarf(
-    pc: u64,
-    sp: u64,
-    fp: u64,
-    lr: u64,
-    read: impl Fn(u64) -> Result<u64, ()>,
-    out: &mut Out<'_>,
-) {
+fn walk_dwarf(pc: u64, sp: u64, fp: u64, lr: u64, stack: &Stack, out: &mut Out<'_>) {
     rebuild_if_stale();
     with_cache(|caches, walking| {
         MODULES.with_pinned(walking, |modules| match modules {
             Some(modules) => {
                 caches.hold_rules_of(modules.seq);
-                walk_dwarf_with(modules, caches, pc, sp, fp, lr, read, out)
+                walk_dwarf_with(modules, caches, pc, sp, fp, lr, stack, out)
             }
             None => {
                 out.push(pc);
@@ -286,7 +318,7 @@ fn walk_dwarf_with(
     sp: u64,
     fp: u64,
     lr: u64,
-    read: impl Fn(u64) -> Result<u64, ()>,
+    stack: &Stack,
     out: &mut Out<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -296,35 +328,45 @@ fn walk_dwarf_with(
     };
     #[cfg(target_arch = "aarch64")]
     let regs = UnwindRegsNative::new(lr, sp, fp);
-    let mut read = |a| read(a);
     let mut regs = regs;
     let mut frame = FrameAddress::from_instruction_pointer(pc);
     if !out.push(pc) {
         return;
     }
-    loop {
-        let cache = caches.for_address(frame.address_for_lookup());
-        match modules
-            .unwinder
-            .unwind_frame(frame, &mut regs, cache, &mut read)
-        {
-            Ok(Some(ret)) => {
-                let Some(next) = FrameAddress::from_return_address(ret) else {
-                    break;
-                };
-                if !out.push(ret) {
-                    return;
-                }
-                frame = next;
+    let Banks { rules, memo, .. } = caches;
+    memo.begin(modules.seq);
+    let ended = loop {
+        match memo.replay(frame, &mut regs, stack, |ret| out.push(ret)) {
+            Replay::Ended(at) => {
+                frame = at;
+                break true;
             }
-            Ok(None) | Err(_) => break,
+            Replay::Full => break false,
+            Replay::Diverged(at) => frame = at,
+            Replay::NoMatch => {}
         }
-    }
+        let cache = rules.for_address(frame.address_for_lookup());
+        let mut recorder = memo.recorder(stack, frame, &regs);
+        let ret = modules
+            .unwinder
+            .unwind_frame(frame, &mut regs, cache, &mut |a| recorder.read(a))
+            .ok()
+            .flatten();
+        recorder.finish(ret, &regs);
+        let Some(next) = ret.and_then(FrameAddress::from_return_address) else {
+            break true;
+        };
+        if !out.push(next.address()) {
+            break false;
+        }
+        frame = next;
+    };
+    memo.end();
     // The walk ended (not at the depth limit) in a frame no known module
     // covers: most likely a library loaded since the list was built, whose
     // frame framehop could only guess at. The next walk outside a signal
     // handler asks the loader.
-    if !modules.covers(frame.address_for_lookup()) {
+    if ended && !modules.covers(frame.address_for_lookup()) {
         SUSPECT_STALE.store(true, Ordering::Relaxed);
     }
 }
@@ -352,8 +394,18 @@ const RULE_ENTRIES: usize = 509;
 /// are far apart, and the walk's lines are rarely still cached).
 ///
 /// The caches hold the rules of one module list at a time
-/// ([`Banks::hold_rules_of`]).
+/// ([`Banks::hold_rules_of`]). A slot also remembers its last walk, to
+/// replay its outer frames (see [`replay`]).
 pub(crate) struct Banks {
+    rules: Rules,
+    memo: Box<Memo>,
+    /// The [`Modules::seq`] of the list the caches hold rules of (0: none
+    /// yet).
+    list: u64,
+}
+
+/// The rule caches of [`Banks`] and their tags.
+struct Rules {
     caches: [Cache; BANKS],
     /// `tags[e].0[b]`: the address entry `e` of bank `b` was last looked up
     /// for (0: none). [`RULE_ENTRIES`] long; on the heap, like framehop's
@@ -361,9 +413,6 @@ pub(crate) struct Banks {
     tags: Box<[TagSet]>,
     /// Misses so far, to alternate the evicted bank.
     misses: u32,
-    /// The [`Modules::seq`] of the list the caches hold rules of (0: none
-    /// yet).
-    list: u64,
 }
 
 /// One entry index's tags in every bank: one cache line.
@@ -382,14 +431,14 @@ fn two_banks(address: u64) -> (usize, usize) {
     (first, (first + step) % BANKS)
 }
 
-impl Banks {
+impl Rules {
     /// The cache to unwind `address` with.
     fn for_address(&mut self, address: u64) -> &mut Cache {
         let bank = self.bank_for(address);
         &mut self.caches[bank]
     }
 
-    /// Which bank [`Banks::for_address`] uses for `address`, updating the
+    /// Which bank [`Rules::for_address`] uses for `address`, updating the
     /// tags.
     fn bank_for(&mut self, address: u64) -> usize {
         let entry = (address % RULE_ENTRIES as u64) as usize;
@@ -414,7 +463,9 @@ impl Banks {
             victim
         }
     }
+}
 
+impl Banks {
     /// Makes the caches hold rules of the list numbered `list` only:
     /// if they hold another list's, they are emptied (which allocates:
     /// not for signal handlers).
@@ -430,8 +481,8 @@ impl Banks {
             return;
         }
         if self.list != 0 {
-            self.caches = core::array::from_fn(|_| Cache::default());
-            self.tags.fill(TagSet([0; BANKS]));
+            self.rules.caches = core::array::from_fn(|_| Cache::default());
+            self.rules.tags.fill(TagSet([0; BANKS]));
         }
         self.list = list;
     }
@@ -471,13 +522,16 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
     f(&mut cache, None);
 }
 
-/// Empty caches for a pool slot, built on the heap (about 130 KB, most of
-/// it framehop's entries), never on the stack.
+/// Empty caches for a pool slot, built on the heap (about 170 KB: framehop's
+/// entries, the tags and the remembered walks), never on the stack.
 fn new_banks() -> Box<Banks> {
     Box::new(Banks {
-        caches: core::array::from_fn(|_| Cache::default()),
-        tags: vec![TagSet([0; BANKS]); RULE_ENTRIES].into_boxed_slice(),
-        misses: 0,
+        rules: Rules {
+            caches: core::array::from_fn(|_| Cache::default()),
+            tags: vec![TagSet([0; BANKS]); RULE_ENTRIES].into_boxed_slice(),
+            misses: 0,
+        },
+        memo: Memo::new(),
         list: 0,
     })
 }
@@ -990,13 +1044,16 @@ mod tests {
     const CLASH: u64 = (RULE_ENTRIES * BANKS) as u64;
 
     /// Walks the stack from here with `modules` and `banks` as an
-    /// allocator's walk does; returns the lookups' statistics so far.
+    /// allocator's walk does, every frame through framehop (the last walk
+    /// is forgotten, so nothing is replayed); returns the lookups'
+    /// statistics so far.
     #[inline(never)]
     fn walk_here(modules: &Modules, banks: &mut Banks) -> (usize, framehop::CacheStats) {
+        banks.memo = Memo::new();
         let (pc, sp, fp, lr) = registers();
         let (lo, hi) = readable_stack(sp as usize).expect("this thread's stack");
         // SAFETY: this thread's stack above its pointer, while this runs.
-        let read = unsafe { stack_reader(lo, hi) };
+        let stack = unsafe { Stack::new(lo, hi) };
         let mut buf = [0u64; 64];
         let mut out = Out {
             buf: &mut buf,
@@ -1005,9 +1062,9 @@ mod tests {
             truncated: false,
         };
         banks.hold_rules_of(modules.seq);
-        walk_dwarf_with(modules, banks, pc, sp, fp, lr, read, &mut out);
+        walk_dwarf_with(modules, banks, pc, sp, fp, lr, &stack, &mut out);
         let mut total = framehop::CacheStats::new();
-        for c in &banks.caches {
+        for c in &banks.rules.caches {
             let s = c.stats();
             total.hit_count += s.hit_count;
             total.miss_empty_slot_count += s.miss_empty_slot_count;
@@ -1073,19 +1130,22 @@ mod tests {
         let clashing = [base, base + CLASH, base + 2 * CLASH];
         let (first, _) = two_banks(base);
         assert!(clashing.iter().all(|&x| two_banks(x).0 == first));
-        let placed: Vec<usize> = clashing.iter().map(|&x| banks.bank_for(x)).collect();
+        let placed: Vec<usize> = clashing.iter().map(|&x| banks.rules.bank_for(x)).collect();
         let mut distinct = placed.clone();
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), 3, "each in its own bank: {placed:?}");
         // Every later lookup finds each where it was put: no evictions.
-        let misses = banks.misses;
+        let misses = banks.rules.misses;
         for _ in 0..100 {
             for (&x, &bank) in clashing.iter().zip(&placed) {
-                assert_eq!(banks.bank_for(x), bank);
+                assert_eq!(banks.rules.bank_for(x), bank);
             }
         }
-        assert_eq!(banks.misses, misses, "no miss after the first lookups");
+        assert_eq!(
+            banks.rules.misses, misses,
+            "no miss after the first lookups"
+        );
     }
 
     #[test]
@@ -1101,17 +1161,179 @@ mod tests {
             .filter(|&x| same_pair(x));
         let (old, kept) = (base, sharing.next().unwrap());
         let new = sharing.next().unwrap();
-        banks.bank_for(old);
-        banks.bank_for(kept);
+        banks.rules.bank_for(old);
+        banks.rules.bank_for(kept);
         for _ in 0..10 {
-            banks.bank_for(kept);
-            banks.bank_for(new);
+            banks.rules.bank_for(kept);
+            banks.rules.bank_for(new);
         }
-        let misses = banks.misses;
+        let misses = banks.rules.misses;
         for _ in 0..10 {
-            banks.bank_for(kept);
-            banks.bank_for(new);
+            banks.rules.bank_for(kept);
+            banks.rules.bank_for(new);
         }
-        assert_eq!(banks.misses, misses, "`new` and `kept` settled");
+        assert_eq!(banks.rules.misses, misses, "`new` and `kept` settled");
+    }
+
+    /// Walks the stack from here with `banks`, whose memory of earlier
+    /// walks is kept (so the walk may replay), as an allocator's walk does.
+    #[inline(never)]
+    fn walk_remembering(modules: &Modules, banks: &mut Banks) -> Vec<u64> {
+        let (pc, sp, fp, lr) = registers();
+        let (lo, hi) = readable_stack(sp as usize).expect("this thread's stack");
+        // SAFETY: this thread's stack above its pointer, while this runs.
+        let stack = unsafe { Stack::new(lo, hi) };
+        let mut buf = [0u64; crate::MAX_FRAMES_LIMIT];
+        let mut out = Out {
+            buf: &mut buf,
+            skip: 0,
+            n: 0,
+            truncated: false,
+        };
+        banks.hold_rules_of(modules.seq);
+        walk_dwarf_with(modules, banks, pc, sp, fp, lr, &stack, &mut out);
+        let n = out.n;
+        buf[..n].to_vec()
+    }
+
+    /// The stack from one call site, walked with `kept` (remembering) and
+    /// with `fresh` (its memory forgotten first, so every frame is
+    /// unwound): `(remembered, unwound)`.
+    #[inline(never)]
+    fn both_walks(modules: &Modules, kept: &mut Banks, fresh: &mut Banks) -> (Vec<u64>, Vec<u64>) {
+        let mut walks = Vec::with_capacity(2);
+        // One call site for both, so both see the same stack: a loop of a
+        // length the compiler cannot see, so it is not unrolled.
+        let order: &[bool] = core::hint::black_box(&[false, true]);
+        for &forget in order {
+            let banks = if forget {
+                fresh.memo = Memo::new();
+                &mut *fresh
+            } else {
+                &mut *kept
+            };
+            walks.push(walk_remembering(modules, banks));
+        }
+        let unwound = walks.pop().unwrap();
+        (walks.pop().unwrap(), unwound)
+    }
+
+    /// Runs `f` at the end of a chain of calls through three functions
+    /// with frames of different sizes, chosen by `path`.
+    #[inline(never)]
+    fn hop(path: &[u8], f: &mut dyn FnMut()) {
+        match path.split_first() {
+            None => f(),
+            Some((0, rest)) => hop_small(rest, f),
+            Some((1, rest)) => hop_medium(rest, f),
+            Some((_, rest)) => hop_large(rest, f),
+        }
+    }
+
+    macro_rules! hop_with_frame {
+        ($name:ident, $words:expr, $salt:expr) => {
+            #[inline(never)]
+            fn $name(path: &[u8], f: &mut dyn FnMut()) {
+                let local = core::hint::black_box([path.len() as u64 ^ $salt; $words]);
+                hop(path, f);
+                // Used after the call: no tail call, and the frame stays.
+                core::hint::black_box(&local);
+            }
+        };
+    }
+    hop_with_frame!(hop_small, 1, 0);
+    hop_with_frame!(hop_medium, 5, 0);
+    hop_with_frame!(hop_large, 19, 0);
+    // Two functions alike in all but a constant (so that they are not
+    // merged into one) and their address.
+    hop_with_frame!(twin_a, 3, 1);
+    hop_with_frame!(twin_b, 3, 2);
+
+    fn with_current_modules<R>(f: impl FnOnce(&Modules) -> R) -> R {
+        refresh_modules();
+        MODULES
+            .with_pinned(None, |modules| modules.map(f))
+            .expect("a module list")
+    }
+
+    #[test]
+    fn replayed_walks_equal_unwound_ones_on_random_paths() {
+        with_current_modules(|modules| {
+            let (mut kept, mut fresh) = (new_banks(), new_banks());
+            // xorshift64 with a fixed seed: the same paths every run.
+            let mut x = 0x9E37_79B9_7F4A_7C15u64;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut differ = 0;
+            for round in 0..400 {
+                // Short paths vary at every depth; long ones reach past the
+                // depth limit (then the walks stop at the same place).
+                let depth = (next() % if round % 8 == 0 { 150 } else { 24 }) as usize;
+                let path: Vec<u8> = (0..depth).map(|_| (next() % 3) as u8).collect();
+                let mut walks = None;
+                hop(&path, &mut || {
+                    walks = Some(both_walks(modules, &mut kept, &mut fresh))
+                });
+                let (remembered, unwound) = walks.unwrap();
+                assert!(
+                    unwound.len() > path.len().min(100),
+                    "{} frames",
+                    unwound.len()
+                );
+                assert_eq!(remembered, unwound, "path {path:?}");
+                differ += (remembered.len() != unwound.len()) as usize;
+            }
+            assert_eq!(differ, 0);
+            // Not vacuous: most frames were replayed, and the ring's words
+            // were overwritten many times over (2 048 words).
+            let memo = &kept.memo;
+            assert!(
+                memo.replayed > 2_000,
+                "{} replayed, {} unwound",
+                memo.replayed,
+                memo.unwound
+            );
+            assert!(memo.unwound > 4_000, "{} unwound", memo.unwound);
+        });
+    }
+
+    #[test]
+    fn a_caller_at_the_same_depth_but_another_address_is_unwound() {
+        with_current_modules(|modules| {
+            let (mut kept, mut fresh) = (new_banks(), new_banks());
+            let mut walks = Vec::new();
+            type Hop = fn(&[u8], &mut dyn FnMut());
+            // One call site for all three (a loop of a length the compiler
+            // cannot see is not unrolled).
+            let twins: &[Hop] = core::hint::black_box(&[twin_a, twin_b, twin_a]);
+            for twin in twins {
+                let replayed = kept.memo.replayed;
+                let mut both = None;
+                twin(&[], &mut || {
+                    both = Some(both_walks(modules, &mut kept, &mut fresh))
+                });
+                let (remembered, unwound) = both.unwrap();
+                assert_eq!(remembered, unwound);
+                walks.push((remembered, kept.memo.replayed - replayed));
+            }
+            let [(a, _), (b, replayed_b), (again, replayed_again)] = &walks[..] else {
+                unreachable!()
+            };
+            // The twins' frames are alike (size, saved registers): only the
+            // return address into each tells them apart, and it does.
+            assert_eq!(a.len(), b.len());
+            let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+            assert_eq!(differ.len(), 1, "{a:x?}\n{b:x?}");
+            assert_eq!(a, again);
+            // After the twin's frame, the walk joins the remembered one
+            // again: the frames above are replayed.
+            let above = a.len() - differ[0];
+            assert!(*replayed_b as usize >= above - 1, "{replayed_b} of {above}");
+            assert!(*replayed_again as usize >= above - 1);
+        });
     }
 }

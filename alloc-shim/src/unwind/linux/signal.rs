@@ -30,8 +30,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    on_alt_stack, stack_reader, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, FREE_SLOT,
-    MODULES, POOL,
+    on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, Stack, FREE_SLOT, MODULES,
+    POOL,
 };
 use crate::unwind::UnwindMode;
 
@@ -181,14 +181,14 @@ pub fn capture(regs: &Registers, buf: &mut [u64]) -> SignalCapture {
         Some((lo, hi)) => {
             // SAFETY: the interrupted stack above its stack pointer: mapped
             // and readable, its code suspended while the handler runs, and
-            // `read` does not outlive this call.
-            let read = unsafe { stack_reader(lo, hi) };
+            // `stack` does not outlive this call.
+            let stack = unsafe { Stack::new(lo, hi) };
             match crate::unwind::mode() {
                 UnwindMode::FramePointers => {
-                    walk_frame_pointers(regs.pc, regs.fp, regs.lr, read, &mut out);
+                    walk_frame_pointers(regs.pc, regs.fp, regs.lr, |a| stack.read(a), &mut out);
                     true
                 }
-                UnwindMode::Dwarf => walk_dwarf_in_signal(regs, read, &mut out),
+                UnwindMode::Dwarf => walk_dwarf_in_signal(regs, &stack, &mut out),
             }
         }
     };
@@ -199,11 +199,7 @@ pub fn capture(regs: &Registers, buf: &mut [u64]) -> SignalCapture {
     }
 }
 
-fn walk_dwarf_in_signal(
-    regs: &Registers,
-    read: impl Fn(u64) -> Result<u64, ()>,
-    out: &mut Out<'_>,
-) -> bool {
+fn walk_dwarf_in_signal(regs: &Registers, stack: &Stack, out: &mut Out<'_>) -> bool {
     for slot in &CACHES {
         // Acquire: pairs with the Release store of `busy = false`, so the
         // previous user's writes to the cache are visible.
@@ -225,7 +221,7 @@ fn walk_dwarf_in_signal(
             modules
                 .map(|modules| {
                     walk_dwarf_with(
-                        modules, cache, regs.pc, regs.sp, regs.fp, regs.lr, &read, out,
+                        modules, cache, regs.pc, regs.sp, regs.fp, regs.lr, stack, out,
                     )
                 })
                 .is_some()
@@ -377,8 +373,8 @@ mod tests {
     fn garbage_frame_pointers_end_the_walk_without_overflow() {
         let local = [0u64; 4];
         let (lo, hi) = (local.as_ptr() as usize, local.as_ptr() as usize + 32);
-        // SAFETY: `[lo, hi)` is `local`, which outlives every use of `read`.
-        let read = unsafe { stack_reader(lo, hi) };
+        // SAFETY: `[lo, hi)` is `local`, which outlives every use of `stack`.
+        let stack = unsafe { Stack::new(lo, hi) };
         for fp in [u64::MAX, u64::MAX - 3, u64::MAX - 7, 1, 0] {
             let mut buf = [0u64; 8];
             let mut out = Out {
@@ -387,7 +383,7 @@ mod tests {
                 n: 0,
                 truncated: false,
             };
-            walk_frame_pointers(0x1234, fp, 0, &read, &mut out);
+            walk_frame_pointers(0x1234, fp, 0, |a| stack.read(a), &mut out);
             assert_eq!(out.n, 1, "only the pc for fp {fp:#x}");
         }
     }
