@@ -254,7 +254,9 @@ pub(crate) fn enter() -> Option<Busy> {
     STATE.with(|s| !s.busy.replace(true)).then(|| Busy(()))
 }
 
-/// This thread's preferred unwinder cache slot, chosen once by `pick`.
+/// This thread's preferred unwinder cache slot, chosen once by `pick`
+/// (async-signal-safe if `pick` is: a handler and the code it interrupted
+/// may both choose, and then one choice stands, which is fine for a hint).
 pub(crate) fn cache_hint(pick: impl FnOnce() -> u8) -> u8 {
     STATE.with(|s| {
         if s.cache_hint.get() == 0 {
@@ -264,7 +266,6 @@ pub(crate) fn cache_hint(pick: impl FnOnce() -> u8) -> u8 {
     })
 }
 
-/// This thread's cached stack bounds, looked up once.
 /// This thread's stack bounds if already known (async-signal-safe).
 #[cfg_attr(
     not(all(

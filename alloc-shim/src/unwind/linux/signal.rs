@@ -200,7 +200,14 @@ pub fn capture(regs: &Registers, buf: &mut [u64]) -> SignalCapture {
 }
 
 fn walk_dwarf_in_signal(regs: &Registers, stack: &Stack, out: &mut Out<'_>) -> bool {
-    for slot in &CACHES {
+    // Each thread starts at its own slot (a thread-local read, the same
+    // choice as for the allocator's pool), so that the slot's last walk is
+    // usually this thread's and its outer frames replay.
+    let start =
+        crate::sampler::cache_hint(|| super::NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8)
+            as usize;
+    for k in 0..POOL {
+        let slot = &CACHES[(start + k) % POOL];
         // Acquire: pairs with the Release store of `busy = false`, so the
         // previous user's writes to the cache are visible.
         if slot
