@@ -18,7 +18,9 @@
 //! half of 64 B or less, one block in 128 of 64 KiB. The window runs again
 //! with sampling off: that row is the fast path alone (the countdown and the
 //! region check), so the difference between the two is what samples cost;
-//! then bare jemalloc against itself (a second ring), the harness's own bias.
+//! then that cost per sample (the wrapped ring alone, bursts with sampling
+//! on and off alternated); then bare jemalloc against itself (a second
+//! ring), the harness's own bias.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
@@ -92,6 +94,28 @@ fn report(name: &str, bare: Vec<f64>, wrapped: Vec<f64>) {
     );
 }
 
+/// What one sample costs in the window: bursts of the wrapped ring with
+/// sampling at `interval` and off, alternated, so that both see the same
+/// load and the same ring; the medians' difference over the samples taken.
+fn per_sample<A: GlobalAlloc>(ring: &mut Window<'_, A>, interval: u64) {
+    let (mut on, mut off, mut samples) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..ROUNDS {
+        ferroprof::alloc::set_sample_interval(0);
+        off.push(steps(ring, 16_384));
+        ferroprof::alloc::set_sample_interval(interval);
+        let before = ferroprof::alloc::stats().samples;
+        on.push(steps(ring, 16_384));
+        samples += ferroprof::alloc::stats().samples - before;
+    }
+    let ((_, on), (_, off)) = (min_median(on), min_median(off));
+    let per_step = samples as f64 / (ROUNDS * 16_384) as f64;
+    println!(
+        "  per sample        {:.0} ns (one sample per {:.0} steps; {on:.2} ns a step sampling, {off:.2} not)",
+        (on - off) / per_step,
+        1.0 / per_step
+    );
+}
+
 fn main() {
     println!(
         "ns per operation, medians of {ROUNDS} interleaved bursts; interval {} B",
@@ -122,6 +146,7 @@ fn main() {
     let (bare, wrapped) = window_rounds(&mut bare_ring, &mut wrapped_ring);
     ferroprof::alloc::set_sample_interval(interval);
     report("  sampling off", bare, wrapped);
+    per_sample(&mut wrapped_ring, interval);
     // A/A control: bare jemalloc against itself, a second ring in the
     // wrapped ring's place (same order, same sizes). What it reads beyond
     // 1.000 is the harness's own bias, not the wrapper's.
