@@ -1050,19 +1050,7 @@ mod tests {
     #[inline(never)]
     fn walk_here(modules: &Modules, banks: &mut Banks) -> (usize, framehop::CacheStats) {
         banks.memo = Memo::new();
-        let (pc, sp, fp, lr) = registers();
-        let (lo, hi) = readable_stack(sp as usize).expect("this thread's stack");
-        // SAFETY: this thread's stack above its pointer, while this runs.
-        let stack = unsafe { Stack::new(lo, hi) };
-        let mut buf = [0u64; 64];
-        let mut out = Out {
-            buf: &mut buf,
-            skip: 0,
-            n: 0,
-            truncated: false,
-        };
-        banks.hold_rules_of(modules.seq);
-        walk_dwarf_with(modules, banks, pc, sp, fp, lr, &stack, &mut out);
+        let frames = walk_remembering(modules, banks).len();
         let mut total = framehop::CacheStats::new();
         for c in &banks.rules.caches {
             let s = c.stats();
@@ -1071,7 +1059,7 @@ mod tests {
             total.miss_wrong_modules_count += s.miss_wrong_modules_count;
             total.miss_wrong_address_count += s.miss_wrong_address_count;
         }
-        (out.n, total)
+        (frames, total)
     }
 
     #[test]
