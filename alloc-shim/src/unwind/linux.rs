@@ -522,7 +522,7 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
     f(&mut cache, None);
 }
 
-/// Empty caches for a pool slot, built on the heap (about 170 KB: framehop's
+/// Empty caches for a pool slot, built on the heap (about 350 KB: framehop's
 /// entries, the tags and the remembered walks), never on the stack.
 fn new_banks() -> Box<Banks> {
     Box::new(Banks {
