@@ -96,19 +96,27 @@ fn report(name: &str, bare: Vec<f64>, wrapped: Vec<f64>) {
 
 /// What one sample costs in the window: bursts of the wrapped ring with
 /// sampling at `interval` and off, alternated, so that both see the same
-/// load and the same ring; the medians' difference over the samples taken.
+/// load and the same ring; the medians' difference over the difference in
+/// samples per step (an "off" burst may still take the sample its
+/// countdown was drawn for, and an "on" burst starts with the countdown
+/// sampling off drew).
 fn per_sample<A: GlobalAlloc>(ring: &mut Window<'_, A>, interval: u64) {
-    let (mut on, mut off, mut samples) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..ROUNDS {
-        ferroprof::alloc::set_sample_interval(0);
-        off.push(steps(ring, 16_384));
-        ferroprof::alloc::set_sample_interval(interval);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let mut samples = [0u64; 2];
+    let burst = |ring: &mut Window<'_, A>, mean: u64, times: &mut Vec<f64>, taken: &mut u64| {
+        ferroprof::alloc::set_sample_interval(mean);
         let before = ferroprof::alloc::stats().samples;
-        on.push(steps(ring, 16_384));
-        samples += ferroprof::alloc::stats().samples - before;
+        times.push(steps(ring, 16_384));
+        *taken += ferroprof::alloc::stats().samples - before;
+    };
+    for _ in 0..ROUNDS {
+        let [taken_off, taken_on] = &mut samples;
+        burst(ring, 0, &mut off, taken_off);
+        burst(ring, interval, &mut on, taken_on);
     }
     let ((_, on), (_, off)) = (min_median(on), min_median(off));
-    let per_step = samples as f64 / (ROUNDS * 16_384) as f64;
+    let steps = (ROUNDS * 16_384) as f64;
+    let per_step = (samples[1] as f64 - samples[0] as f64) / steps;
     println!(
         "  per sample        {:.0} ns (one sample per {:.0} steps; {on:.2} ns a step sampling, {off:.2} not)",
         (on - off) / per_step,
