@@ -199,18 +199,24 @@ impl Stack {
         Stack { lo, hi }
     }
 
+    /// `addr` as a pointer if the `words` 8-byte words from it are all
+    /// inside `[lo, hi)` and it is 8-aligned.
+    #[inline(always)]
+    fn span(&self, addr: u64, words: usize) -> Option<*const u64> {
+        let a = addr as usize;
+        let inside = a >= self.lo
+            && a.is_multiple_of(8)
+            && (words * 8).checked_add(a).is_some_and(|end| end <= self.hi);
+        inside.then_some(a as *const u64)
+    }
+
     /// The word at `addr`.
     #[inline(always)]
     fn read(&self, addr: u64) -> Result<u64, ()> {
-        let a = addr as usize;
-        if a >= self.lo && a.checked_add(8).is_some_and(|end| end <= self.hi) && a.is_multiple_of(8)
-        {
-            // SAFETY: `a` is 8-aligned and inside `[lo, hi)`, readable while
-            // the reader is used (the contract of `Stack::new`).
-            Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
-        } else {
-            Err(())
-        }
+        let at = self.span(addr, 1).ok_or(())?;
+        // SAFETY: `at` is 8-aligned and inside `[lo, hi)`, readable while
+        // the reader is used (the contract of `Stack::new`).
+        Ok(unsafe { core::ptr::read_volatile(at) })
     }
 
     /// Whether the words from `addr` on are `words`: all inside `[lo, hi)`
@@ -220,20 +226,13 @@ impl Stack {
         if words.is_empty() {
             return true;
         }
-        let a = addr as usize;
-        let inside = a >= self.lo
-            && a.is_multiple_of(8)
-            && (words.len() * 8)
-                .checked_add(a)
-                .is_some_and(|end| end <= self.hi);
-        if !inside {
+        let Some(at) = self.span(addr, words.len()) else {
             return false;
-        }
-        let at = a as *const u64;
+        };
         let mut differ = 0;
         for (k, &w) in words.iter().enumerate() {
             // SAFETY: `at + k` is 8-aligned and inside `[lo, hi)` (checked
-            // above), readable while the reader is used.
+            // by `span`), readable while the reader is used.
             differ |= unsafe { core::ptr::read_volatile(at.add(k)) } ^ w;
         }
         differ == 0
@@ -488,13 +487,19 @@ impl Banks {
     }
 }
 
+/// This thread's own slot in a cache pool, where its walks start looking:
+/// its rule cache stays warm and the slot's last walk is usually its own
+/// (whose outer frames replay). Chosen once per thread; a thread-local read
+/// after that, and async-signal-safe.
+fn home_slot() -> usize {
+    crate::sampler::cache_hint(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8) as usize
+}
+
 /// Runs `f` with unwinder caches from the pool and the slot's hazard
 /// pointer, or with fresh caches and no slot if every pooled one is in use
 /// (never waits).
 fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
-    // Each thread starts at its own slot, so its rule cache stays warm.
-    let start =
-        crate::sampler::cache_hint(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8) as usize;
+    let start = home_slot();
     for k in 0..POOL {
         let slot = &CACHES[(start + k) % POOL];
         // Acquire: pairs with the Release store of `busy = false` below, so

@@ -30,8 +30,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, Stack, FREE_SLOT, MODULES,
-    POOL,
+    home_slot, on_alt_stack, walk_dwarf_with, walk_frame_pointers, CacheSlot, Out, Stack,
+    FREE_SLOT, MODULES, POOL,
 };
 use crate::unwind::UnwindMode;
 
@@ -200,12 +200,7 @@ pub fn capture(regs: &Registers, buf: &mut [u64]) -> SignalCapture {
 }
 
 fn walk_dwarf_in_signal(regs: &Registers, stack: &Stack, out: &mut Out<'_>) -> bool {
-    // Each thread starts at its own slot (a thread-local read, the same
-    // choice as for the allocator's pool), so that the slot's last walk is
-    // usually this thread's and its outer frames replay.
-    let start =
-        crate::sampler::cache_hint(|| super::NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as u8)
-            as usize;
+    let start = home_slot();
     for k in 0..POOL {
         let slot = &CACHES[(start + k) % POOL];
         // Acquire: pairs with the Release store of `busy = false`, so the
