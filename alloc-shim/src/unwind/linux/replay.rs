@@ -56,28 +56,28 @@ const STEP_WORDS: usize = 16;
 /// `[sp, bp, ip]` on x86_64, `[sp, fp, lr]` on aarch64.
 type Key = [u64; 3];
 
-#[cfg(target_arch = "x86_64")]
+/// The registers of `regs` a step depends on.
 fn key(regs: &UnwindRegsNative) -> Key {
-    [regs.sp(), regs.bp(), regs.ip()]
+    #[cfg(target_arch = "x86_64")]
+    let key = [regs.sp(), regs.bp(), regs.ip()];
+    #[cfg(target_arch = "aarch64")]
+    let key = [regs.sp(), regs.fp(), regs.lr()];
+    key
 }
 
-#[cfg(target_arch = "x86_64")]
-fn set_key(regs: &mut UnwindRegsNative, key: Key) {
-    regs.set_sp(key[0]);
-    regs.set_bp(key[1]);
-    regs.set_ip(key[2]);
-}
-
-#[cfg(target_arch = "aarch64")]
-fn key(regs: &UnwindRegsNative) -> Key {
-    [regs.sp(), regs.fp(), regs.lr()]
-}
-
-#[cfg(target_arch = "aarch64")]
-fn set_key(regs: &mut UnwindRegsNative, key: Key) {
-    regs.set_sp(key[0]);
-    regs.set_fp(key[1]);
-    regs.set_lr(key[2]);
+/// Sets the registers of `regs` a step depends on, as [`key`] reads them.
+fn set_key(regs: &mut UnwindRegsNative, [sp, fp, pc]: Key) {
+    regs.set_sp(sp);
+    #[cfg(target_arch = "x86_64")]
+    {
+        regs.set_bp(fp);
+        regs.set_ip(pc);
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        regs.set_fp(fp);
+        regs.set_lr(pc);
+    }
 }
 
 /// One remembered step.
@@ -537,26 +537,34 @@ mod tests {
 
     const FRAME: FrameAddress = FrameAddress::InstructionPointer(0x1000);
 
-    #[test]
-    fn a_step_is_replayed_only_from_the_same_registers_and_words() {
-        let mem = [0u64, 20, 30, 40, 0];
-        let stack = stack_of(&mem);
-        let (sp, bp) = (at(&mem, 0), 7);
-        let regs = UnwindRegsNative::new(0x1000, sp, bp);
-        let after = UnwindRegsNative::new(0x2000, at(&mem, 4), 9);
+    /// A memo of one walk: a step at [`FRAME`] from `sp` = `mem[0]`'s
+    /// address (and bp 7) that reads words 1 and 3 of `mem` and finds
+    /// 0x2000, with `sp` then at `mem`'s last word; and the registers it
+    /// started from and ended with.
+    fn remembered(mem: &[u64]) -> (Box<Memo>, UnwindRegsNative, UnwindRegsNative) {
+        let regs = UnwindRegsNative::new(0x1000, at(mem, 0), 7);
+        let after = UnwindRegsNative::new(0x2000, at(mem, mem.len() - 1), 9);
+        let words = [at(mem, 1), at(mem, 3)];
         let mut memo = Memo::new();
         memo.begin(1);
         unwind(
             &mut memo,
-            &stack,
+            &stack_of(mem),
             FRAME,
             regs,
-            &[at(&mem, 1), at(&mem, 3)],
+            &words,
             0x2000,
             after,
         );
         memo.end();
+        (memo, regs, after)
+    }
 
+    #[test]
+    fn a_step_is_replayed_only_from_the_same_registers_and_words() {
+        let mem = [0u64, 20, 30, 40, 0];
+        let stack = stack_of(&mem);
+        let (mut memo, regs, _) = remembered(&mem);
         memo.begin(1);
         assert_eq!(
             replay(&mut memo, &stack, FRAME, regs),
@@ -573,7 +581,7 @@ mod tests {
         // Another frame pointer: unwound (it may be what the rule uses).
         // (These walks are not ended: the last walk stays the one above.)
         memo.begin(1);
-        let other_bp = UnwindRegsNative::new(0x1000, sp, bp + 8);
+        let other_bp = UnwindRegsNative::new(0x1000, regs.sp(), regs.bp() + 8);
         assert_eq!(replay(&mut memo, &stack, FRAME, other_bp), (vec![], true));
         // Another module list: unwound.
         memo.begin(2);
@@ -589,21 +597,7 @@ mod tests {
     #[test]
     fn a_step_whose_words_changed_is_unwound() {
         let mut mem = [0u64, 20, 30, 40, 0];
-        let regs = UnwindRegsNative::new(0x1000, at(&mem, 0), 7);
-        let after = UnwindRegsNative::new(0x2000, at(&mem, 4), 9);
-        let mut memo = Memo::new();
-        memo.begin(1);
-        let words = [at(&mem, 1), at(&mem, 3)];
-        unwind(
-            &mut memo,
-            &stack_of(&mem),
-            FRAME,
-            regs,
-            &words,
-            0x2000,
-            after,
-        );
-        memo.end();
+        let (mut memo, regs, _) = remembered(&mem);
         // A word between the two read counts too (the span is compared).
         for i in 1..=3 {
             mem[i] += 1;
@@ -621,20 +615,7 @@ mod tests {
     fn a_step_whose_words_left_the_ring_is_unwound() {
         let mut mem = [0u64; 20];
         mem[1..4].copy_from_slice(&[20, 30, 40]);
-        let regs = UnwindRegsNative::new(0x1000, at(&mem, 0), 7);
-        let after = UnwindRegsNative::new(0x2000, at(&mem, 19), 9);
-        let mut memo = Memo::new();
-        memo.begin(1);
-        unwind(
-            &mut memo,
-            &stack_of(&mem),
-            FRAME,
-            regs,
-            &[at(&mem, 1), at(&mem, 3)],
-            0x2000,
-            after,
-        );
-        memo.end();
+        let (mut memo, regs, after) = remembered(&mem);
         // The stack changes, and steps of the next walk fill the ring
         // until the changed words land where the first step's were: the
         // ring then holds exactly what the stack holds, but the first
