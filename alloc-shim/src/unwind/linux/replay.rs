@@ -581,7 +581,9 @@ mod tests {
         // Another frame pointer: unwound (it may be what the rule uses).
         // (These walks are not ended: the last walk stays the one above.)
         memo.begin(1);
-        let other_bp = UnwindRegsNative::new(0x1000, regs.sp(), regs.bp() + 8);
+        let mut other_bp = regs;
+        let [sp, fp, pc] = key(&regs);
+        set_key(&mut other_bp, [sp, fp + 8, pc]);
         assert_eq!(replay(&mut memo, &stack, FRAME, other_bp), (vec![], true));
         // Another module list: unwound.
         memo.begin(2);
