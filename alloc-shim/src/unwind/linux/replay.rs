@@ -5,8 +5,7 @@
 //! function changes, `main`, the runtime's worker loop and the thread's
 //! start do not. Unwinding each of those frames with framehop costs about
 //! 175 instructions even when its rule is cached (the rule lookup, the
-//! rule, our bank choice); in a 12-frame allocator sample that is about
-//! three quarters of the sample's instructions.
+//! rule, our bank choice) and two cache lines gone cold between samples.
 //!
 //! One step of the walk is a function of its inputs: the frame's address
 //! (and whether it is the first frame), the registers framehop unwinds with
@@ -14,47 +13,62 @@
 //! architecture: its rules use `sp` and `bp` only, and its DWARF evaluation
 //! answers "unknown" for every other register), the module list (its rules)
 //! and the stack words the step reads. So a slot remembers, for each step
-//! of its last walk, those inputs, the stack words from the lowest to the
-//! highest one it read, and the outcome (the return address and the
-//! registers after). A step of the next walk whose address and registers
-//! equal a remembered step's, and whose words still hold the same values
-//! (compared inside the same bounds the walk reads within), has the same
-//! outcome: it is replayed without framehop, and so are the steps after
-//! it, each starting where the one before ended, for as long as their
-//! words are unchanged. Any difference, in a register or in one word, and
-//! the step is unwound as usual. Nothing is assumed about which thread or
-//! call path the memory belongs to; the comparison alone decides.
+//! of its last walk, those inputs, each word read (address and value), and
+//! the outcome (the return address and the registers after). A step of the
+//! next walk with the same address and registers whose words still hold
+//! the same values has the same outcome: it is replayed without framehop,
+//! and so are the steps after it, each starting where the one before
+//! ended, for as long as their words are unchanged. Any difference and the
+//! step is unwound as usual. Nothing is assumed about which thread or call
+//! path the memory belongs to; the comparison alone decides.
 //!
-//! The words are a frame's saved registers and return address, one to
-//! eight in a row, so a replayed frame costs a bounds check and a few
-//! loads and compares: about 90 instructions instead of 175 (callgrind, the
-//! window benchmark's samples); 46-frame samples 0.67-0.73 µs -> 0.33-0.41.
+//! The frame pointer gets a closer look, because in code built without
+//! frame pointers it is an ordinary register: at an allocation it holds
+//! whatever the caller kept in it, and the frames that save it save a
+//! different value at every sample. Most steps do not depend on it: their
+//! rule moves `sp` by a constant and either leaves the frame pointer as it
+//! was or restores it from a word they read. When a step is unwound, it is
+//! unwound twice more on the words it read ([`Recorder::finish`]), with the
+//! frame pointer changed and then with the word it was restored from
+//! changed; framehop's rules either use a register's value or copy it, so
+//! an outcome those changes do not move (but for the copy) does not depend
+//! on them. Such a step is replayed with any frame pointer, which it passes
+//! on or takes from that word, read again. A step that uses the frame
+//! pointer (a frame-pointer rule) is replayed only with the same one.
 //!
-//! The memory is fixed when the slot is made (no allocation here, so signal
-//! handlers replay too, about 55 KB a slot): [`STEPS`] steps for the last
-//! walk, as many for the steps the current walk unwinds, as many again for
-//! laying out a walk that cannot be laid out in place ([`Memo::end`]), and
-//! a ring of [`RING`] words that the steps point into, so that replayed
-//! steps are kept without copying their words. A step whose words the ring
-//! has since overwritten is unwound again (and its words written again). A
-//! step that read more than [`STEP_WORDS`] words' span, or failed a read,
-//! is not remembered.
+//! A replayed frame costs a few compares and a load or two per word. The
+//! memory is fixed when the slot is made (no allocation here, so signal
+//! handlers replay too, about 52 KB a slot): [`STEPS`] steps for the last
+//! walk, as many for the steps the current walk unwinds, and as many again
+//! for laying out a walk that cannot be laid out in place ([`Memo::end`]).
+//! A step that read more than [`READS`] words, or failed a read, is not
+//! remembered.
+
+use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
 
 use framehop::{FrameAddress, UnwindRegsNative};
 
 use super::Stack;
+use crate::sys;
 
 /// Steps remembered per walk: the deepest stack that can be asked for
 /// (128 frames) plus the frames a capture skips, with room to spare.
 pub(super) const STEPS: usize = 136;
-/// Words in a slot's ring (about 400 frames' worth).
-pub(super) const RING: usize = 2048;
-/// The widest span of words one step may read and still be remembered.
-const STEP_WORDS: usize = 16;
+/// The most words a step may read and still be remembered (framehop's
+/// rules read two: the return address and the saved frame pointer, or the
+/// saved frame pointer and link register).
+const READS: usize = 3;
+/// What the trials of [`Recorder::finish`] change a frame pointer or a
+/// word by: a bit no stack address has, so that a rule that reads at the
+/// changed frame pointer reads none of the remembered words, and fails.
+const CHANGE: u64 = 1 << 62;
 
 /// The registers a step is unwound from and to, as framehop uses them:
 /// `[sp, bp, ip]` on x86_64, `[sp, fp, lr]` on aarch64.
 type Key = [u64; 3];
+/// Where the frame pointer is in a [`Key`].
+const FP: usize = 1;
 
 /// The registers of `regs` a step depends on.
 fn key(regs: &UnwindRegsNative) -> Key {
@@ -80,20 +94,40 @@ fn set_key(regs: &mut UnwindRegsNative, [sp, fp, pc]: Key) {
     }
 }
 
+/// A stack word a step read: its address and value.
+type Word = (u64, u64);
+
+/// The value of `addr` among `words`, as a stack reader for framehop: an
+/// address no word has cannot be read.
+pub(super) fn lookup(words: &[Word], addr: u64) -> Result<u64, ()> {
+    words.iter().find(|w| w.0 == addr).map(|w| w.1).ok_or(())
+}
+
+/// Where the frame pointer after a step comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FpAfter {
+    /// The step leaves it as it was.
+    Kept,
+    /// The step's word `k`, which is copied rather than compared.
+    Word(u8),
+    /// The remembered one: the step's inputs all match.
+    Same,
+}
+
 /// One remembered step.
 #[derive(Clone, Copy)]
 struct Step {
     frame: FrameAddress,
     before: Key,
-    /// The stack words from `span` on that the step read (and those
-    /// between): `count` of them, at ring position `pos` (positions count
-    /// up forever; the ring holds the last [`RING`]).
-    span: u64,
-    pos: u64,
-    count: u32,
+    /// The outcome depends on the frame pointer: `before[FP]` must match.
+    uses_fp: bool,
+    fp_after: FpAfter,
+    /// The words read, `nreads` of them.
+    reads: [Word; READS],
+    nreads: u8,
     /// The step follows from the one before it in the walk: its frame is
-    /// that step's return address and its registers that step's after.
-    /// A replay runs on through chained steps without comparing states.
+    /// that step's return address and its `sp` and `ip` (`lr`) are those
+    /// that step left (its frame pointer is followed as the walk goes).
     chained: bool,
     /// The return address found; 0 when the walk ended at this frame.
     ret: u64,
@@ -103,27 +137,122 @@ struct Step {
 const NO_STEP: Step = Step {
     frame: FrameAddress::InstructionPointer(0),
     before: [0; 3],
-    span: 0,
-    pos: 0,
-    count: 0,
+    uses_fp: true,
+    fp_after: FpAfter::Same,
+    reads: [(0, 0); READS],
+    nreads: 0,
     chained: false,
     ret: 0,
     after: [0; 3],
 };
 
 impl Step {
-    /// Whether `self` starts where `prev` ended.
+    /// Whether `self` starts where `prev` ended (but for the frame
+    /// pointer, which a replay follows and compares where it is used).
     fn follows(&self, prev: &Step) -> bool {
-        self.before == prev.after && FrameAddress::from_return_address(prev.ret) == Some(self.frame)
+        self.before[0] == prev.after[0]
+            && self.before[2] == prev.after[2]
+            && FrameAddress::from_return_address(prev.ret) == Some(self.frame)
+    }
+
+    /// Whether the step starts from `regs` (`fp` the frame pointer a
+    /// replay followed there).
+    fn starts_from(&self, before: &Key, fp: u64) -> bool {
+        self.before[0] == before[0]
+            && self.before[2] == before[2]
+            && (!self.uses_fp || self.before[FP] == fp)
+    }
+
+    /// The frame pointer after the step from `fp`, if the words it read
+    /// still hold the same values (but the one it copies).
+    fn check(&self, stack: &Stack, fp: u64) -> Option<u64> {
+        let mut differ = 0;
+        let mut copied = self.after[FP];
+        for (k, &(addr, value)) in self.reads[..self.nreads as usize].iter().enumerate() {
+            let now = stack.read(addr).ok()?;
+            if self.fp_after == FpAfter::Word(k as u8) {
+                copied = now;
+            } else {
+                differ |= now ^ value;
+            }
+        }
+        (differ == 0).then_some(match self.fp_after {
+            FpAfter::Kept => fp,
+            FpAfter::Word(_) => copied,
+            FpAfter::Same => self.after[FP],
+        })
     }
 }
+/// Room for [`STEPS`] steps in a mapping of its own (or none, when the
+/// mapping failed: then nothing is remembered).
+///
+/// Not from the global allocator: it would come from the allocator
+/// ferroprof wraps, and long-lived blocks of ~17 KB (a large size class in
+/// jemalloc) placed among the program's own large blocks change how
+/// jemalloc splits and merges them. The `alloc_overhead` window (a ring
+/// with 64 KiB blocks) measured 1.30 instead of 1.04 that way, with
+/// sampling off, in one build and not in another.
+struct Steps(Option<NonNull<Step>>);
+
+/// The bytes of a [`Steps`] mapping.
+const STEPS_BYTES: usize = STEPS * core::mem::size_of::<Step>();
+
+impl Steps {
+    fn new() -> Steps {
+        let Some(at) = sys::map_anonymous(STEPS_BYTES) else {
+            return Steps(None);
+        };
+        let first = at.cast::<Step>();
+        for i in 0..STEPS {
+            // SAFETY: the mapping is fresh, writable and large enough for
+            // `STEPS` steps, and page-aligned (so aligned for `Step`).
+            unsafe { first.add(i).write(NO_STEP) };
+        }
+        Steps(Some(first))
+    }
+}
+
+impl Deref for Steps {
+    type Target = [Step];
+
+    fn deref(&self) -> &[Step] {
+        match self.0 {
+            // SAFETY: `STEPS` initialised steps, owned by `self` until drop.
+            Some(first) => unsafe { core::slice::from_raw_parts(first.as_ptr(), STEPS) },
+            None => &[],
+        }
+    }
+}
+
+impl DerefMut for Steps {
+    fn deref_mut(&mut self) -> &mut [Step] {
+        match self.0 {
+            // SAFETY: as in `deref`, and `&mut self` is the only access.
+            Some(first) => unsafe { core::slice::from_raw_parts_mut(first.as_ptr(), STEPS) },
+            None => &mut [],
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if let Some(first) = self.0 {
+            // SAFETY: the mapping was made by `Steps::new` and nothing
+            // borrows it past `self`.
+            unsafe { sys::unmap(first.cast(), STEPS_BYTES) };
+        }
+    }
+}
+
+// SAFETY: `Steps` owns its mapping like a `Box<[Step]>` owns its memory.
+unsafe impl Send for Steps {}
 
 /// The steps of one walk, in walk order (so with non-decreasing `sp`
 /// after the first).
 struct Walk {
     /// The module list ([`super::Modules::seq`]) the walk used; 0: none.
     list: u64,
-    steps: Box<[Step]>,
+    steps: Steps,
     len: usize,
 }
 
@@ -131,7 +260,7 @@ impl Walk {
     fn new() -> Walk {
         Walk {
             list: 0,
-            steps: vec![NO_STEP; STEPS].into_boxed_slice(),
+            steps: Steps::new(),
             len: 0,
         }
     }
@@ -143,7 +272,7 @@ impl Walk {
         self.len = 0;
         for piece in pieces {
             let start = self.len;
-            let n = piece.len().min(STEPS - start);
+            let n = piece.len().min(self.steps.len() - start);
             match *piece {
                 Piece::Unwound(s, _) => {
                     self.steps[start..start + n].copy_from_slice(&staged.steps[s..s + n]);
@@ -157,6 +286,9 @@ impl Walk {
                         Some(from) => {
                             self.steps[start..start + n].copy_from_slice(&from.steps[j..j + n])
                         }
+                        // A walk that replays the last one from its start
+                        // (the usual case) moves nothing.
+                        None if j == start => {}
                         None => self.steps.copy_within(j..j + n, start),
                     }
                     self.len += n;
@@ -211,9 +343,6 @@ pub(super) struct Memo {
     npieces: usize,
     /// Where in the last walk the next search starts.
     cursor: usize,
-    ring: Box<[u64]>,
-    /// The ring position the next word goes to.
-    head: u64,
     /// Steps replayed and unwound since the slot was made (for tests).
     pub(super) replayed: u64,
     pub(super) unwound: u64,
@@ -234,8 +363,7 @@ pub(super) enum Replay {
 }
 
 impl Memo {
-    /// Empty walks and ring, on the heap (about 55 KB), never on the
-    /// stack.
+    /// Empty walks, on the heap (about 52 KB), never on the stack.
     pub(super) fn new() -> Box<Memo> {
         Box::new(Memo {
             last: Walk::new(),
@@ -244,8 +372,6 @@ impl Memo {
             pieces: [Piece::Unwound(0, 0); PIECES],
             npieces: 0,
             cursor: 0,
-            ring: vec![0; RING].into_boxed_slice(),
-            head: 0,
             replayed: 0,
             unwound: 0,
         })
@@ -349,22 +475,27 @@ impl Memo {
         // resumes here next time; a first frame's may, then a match is
         // only missed.
         self.cursor = i;
+        let mut fp = before[FP];
         let Some(first) = (i..old.len)
             .take_while(|&j| old.steps[j].before[0] == sp)
-            .find(|&j| old.steps[j].frame == frame && old.steps[j].before == before)
+            .find(|&j| old.steps[j].frame == frame && old.steps[j].starts_from(&before, fp))
         else {
             return Replay::NoMatch;
         };
         let mut j = first;
         let stop = loop {
             let step = &old.steps[j];
-            // The step's words, if the ring still has them.
-            let kept = self.head - step.pos <= RING as u64;
-            let at = (step.pos % RING as u64) as usize;
-            let words = &self.ring[at..at + step.count as usize];
-            if !kept || !stack.holds(step.span, words) {
+            // A chained step starts where the one before ended, but for the
+            // frame pointer, compared here where it is used.
+            let fp_after = if step.uses_fp && step.before[FP] != fp {
+                None
+            } else {
+                step.check(stack, fp)
+            };
+            let Some(fp_after) = fp_after else {
                 break Replay::Diverged(step.frame);
-            }
+            };
+            fp = fp_after;
             j += 1;
             let Some(next) = FrameAddress::from_return_address(step.ret) else {
                 break Replay::Ended(step.frame);
@@ -377,7 +508,9 @@ impl Memo {
             }
         };
         if j > first {
-            set_key(regs, old.steps[j - 1].after);
+            let mut after = old.steps[j - 1].after;
+            after[FP] = fp;
+            set_key(regs, after);
             self.note(Piece::Replayed(first, j));
             self.replayed += (j - first) as u64;
         }
@@ -385,7 +518,7 @@ impl Memo {
         stop
     }
 
-    /// A reader that remembers the span it reads, for the step at `frame`
+    /// A reader that remembers the words it reads, for the step at `frame`
     /// about to be unwound from `regs`; [`Recorder::finish`] remembers the
     /// step.
     pub(super) fn recorder<'a>(
@@ -398,24 +531,24 @@ impl Memo {
             memo: self,
             stack,
             frame,
-            before: key(regs),
-            lo: u64::MAX,
-            hi: 0,
+            before: *regs,
+            reads: [(0, 0); READS],
+            nreads: 0,
             failed: false,
         }
     }
 }
 
-/// Reads stack words for framehop and notes their span (see
+/// Reads stack words for framehop and notes them (see
 /// [`Memo::recorder`]).
 pub(super) struct Recorder<'a> {
     memo: &'a mut Memo,
     stack: &'a Stack,
     frame: FrameAddress,
-    before: Key,
-    /// The span read so far: `[lo, hi)`.
-    lo: u64,
-    hi: u64,
+    before: UnwindRegsNative,
+    /// The first [`READS`] words read; `nreads` counts them all.
+    reads: [Word; READS],
+    nreads: usize,
     failed: bool,
 }
 
@@ -424,57 +557,83 @@ impl Recorder<'_> {
     pub(super) fn read(&mut self, addr: u64) -> Result<u64, ()> {
         let got = self.stack.read(addr);
         match got {
-            Ok(_) => {
-                self.lo = self.lo.min(addr);
-                self.hi = self.hi.max(addr + 8);
+            Ok(value) => {
+                if let Some(word) = self.reads.get_mut(self.nreads) {
+                    *word = (addr, value);
+                }
+                self.nreads += 1;
             }
             Err(()) => self.failed = true,
         }
         got
     }
 
-    /// Remembers the step, unwound to `result` and `regs`: its words, read
-    /// again into the ring, unless a read failed or they span too much.
-    pub(super) fn finish(self, result: Option<u64>, regs: &UnwindRegsNative) {
+    /// Remembers the step, unwound to `result` and `regs`, unless a read
+    /// failed or it read too many words.
+    ///
+    /// `trial` unwinds the same frame again from the registers it is given
+    /// with the words it is given (framehop with the same rules, and a
+    /// reader that finds only those words): once with the frame pointer
+    /// changed, to learn whether the step uses it, and once with the word
+    /// the frame pointer after it equals changed, to learn whether it is
+    /// copied from there. A step whose frame pointer use is not cleared
+    /// that way is replayed only with the same frame pointer and words.
+    pub(super) fn finish(
+        self,
+        result: Option<u64>,
+        regs: &UnwindRegsNative,
+        mut trial: impl FnMut(&mut UnwindRegsNative, &[Word]) -> Option<u64>,
+    ) {
         let memo = self.memo;
         memo.unwound += 1;
-        let (span, count) = if self.hi == 0 {
-            (0, 0)
-        } else {
-            (self.lo, ((self.hi - self.lo) / 8) as usize)
-        };
-        if self.failed || count > STEP_WORDS {
+        if self.failed || self.nreads > READS {
             return;
         }
-        // Words never wrap around the ring's end.
-        let mut pos = memo.head;
-        if (pos % RING as u64) as usize + count > RING {
-            pos = pos.next_multiple_of(RING as u64);
-        }
-        // Advanced first: the words about to be written replace the
-        // oldest ones, whose steps must no longer count them as kept.
-        memo.head = pos + count as u64;
-        let at = (pos % RING as u64) as usize;
-        for (k, word) in memo.ring[at..at + count].iter_mut().enumerate() {
-            // Inside the span read: every address in it was read (or lies
-            // between two that were).
-            let Ok(value) = self.stack.read(span + 8 * k as u64) else {
-                return;
-            };
-            *word = value;
+        let reads = &self.reads[..self.nreads];
+        let (before, after) = (key(&self.before), key(regs));
+        // The same outcome as the step's, but for the frame pointer after
+        // it, which is returned.
+        let mut outcome_but_fp = |start: Key, words: &[Word]| {
+            let mut tried = self.before;
+            set_key(&mut tried, start);
+            let got = trial(&mut tried, words)?;
+            let end = key(&tried);
+            (Some(got) == result && end[0] == after[0] && end[2] == after[2]).then_some(end[FP])
+        };
+        let (mut uses_fp, mut fp_after) = (true, FpAfter::Same);
+        // Only a step that found a caller: a failed one may fail for
+        // another frame pointer too, and tell nothing.
+        if result.is_some() {
+            let mut changed = before;
+            changed[FP] ^= CHANGE;
+            match outcome_but_fp(changed, reads) {
+                Some(fp) if fp == changed[FP] => (uses_fp, fp_after) = (false, FpAfter::Kept),
+                Some(fp) if fp == after[FP] => uses_fp = false,
+                _ => {}
+            }
+            if fp_after != FpAfter::Kept {
+                if let Some(k) = reads.iter().position(|w| w.1 == after[FP]) {
+                    let mut words = self.reads;
+                    words[k].1 ^= CHANGE;
+                    if outcome_but_fp(before, &words[..self.nreads]) == Some(after[FP] ^ CHANGE) {
+                        fp_after = FpAfter::Word(k as u8);
+                    }
+                }
+            }
         }
         let step = Step {
             frame: self.frame,
-            before: self.before,
-            span,
-            pos,
-            count: count as u32,
+            before,
+            uses_fp,
+            fp_after,
+            reads: self.reads,
+            nreads: self.nreads as u8,
             chained: false,
             ret: result.unwrap_or(0),
-            after: key(regs),
+            after,
         };
         let n = memo.staged.len;
-        if n < STEPS {
+        if n < memo.staged.steps.len() {
             memo.staged.steps[n] = step;
             memo.staged.len = n + 1;
             memo.note(Piece::Unwound(n, n + 1));
@@ -497,140 +656,222 @@ mod tests {
         mem.as_ptr() as u64 + 8 * i as u64
     }
 
-    /// Unwinds (by hand) a step at `frame` from `regs` that reads `words`
-    /// and finds `ret`, with `after` as its registers then.
+    /// Registers with these `sp`, frame pointer and `ip` (`lr`).
+    fn regs(sp: u64, fp: u64, pc: u64) -> UnwindRegsNative {
+        let mut regs = UnwindRegsNative::new(0, 0, 0);
+        set_key(&mut regs, [sp, fp, pc]);
+        regs
+    }
+
+    /// Rules shaped like framehop's, for steps unwound by hand.
+    #[derive(Clone, Copy)]
+    enum Rule {
+        /// The return address at word `ret` from `sp`, which moves past
+        /// it; the frame pointer kept.
+        Sp { ret: u64 },
+        /// The same, and the frame pointer restored from word `fp` from
+        /// `sp`.
+        SpRestoringFp { ret: u64, fp: u64 },
+        /// A frame pointer's: the caller's frame pointer at it, the return
+        /// address above, `sp` above both.
+        Fp,
+        /// Reads words 0 to 3 from `sp` and returns the last.
+        FourWords,
+    }
+
+    /// Unwinds one step by `rule`, as framehop would.
+    fn exec(
+        rule: Rule,
+        regs: &mut UnwindRegsNative,
+        read: &mut dyn FnMut(u64) -> Result<u64, ()>,
+    ) -> Option<u64> {
+        let [sp, fp, _] = key(regs);
+        let (ret, sp_after, fp_after) = match rule {
+            Rule::Sp { ret } => (read(sp + 8 * ret).ok()?, sp + 8 * (ret + 1), fp),
+            Rule::SpRestoringFp { ret, fp: saved } => {
+                let r = read(sp + 8 * ret).ok()?;
+                (r, sp + 8 * (ret + 1), read(sp + 8 * saved).ok()?)
+            }
+            Rule::Fp => (
+                read(fp.checked_add(8)?).ok()?,
+                fp.checked_add(16)?,
+                read(fp).ok()?,
+            ),
+            Rule::FourWords => {
+                let mut last = 0;
+                for k in 0..4 {
+                    last = read(sp + 8 * k).ok()?;
+                }
+                (last, sp + 32, fp)
+            }
+        };
+        set_key(regs, [sp_after, fp_after, ret]);
+        Some(ret)
+    }
+
+    /// Unwinds the step at `frame` from `regs` by `rule`, remembering it:
+    /// the return address and the registers after.
     fn unwind(
         memo: &mut Memo,
         stack: &Stack,
         frame: FrameAddress,
         regs: UnwindRegsNative,
-        words: &[u64],
-        ret: u64,
-        after: UnwindRegsNative,
-    ) {
+        rule: Rule,
+    ) -> (u64, UnwindRegsNative) {
         let mut recorder = memo.recorder(stack, frame, &regs);
-        for &w in words {
-            recorder.read(w).expect("inside the stack");
-        }
-        recorder.finish(Some(ret), &after);
+        let mut after = regs;
+        let ret = exec(rule, &mut after, &mut |a| recorder.read(a));
+        recorder.finish(ret, &after, |tried, words| {
+            exec(rule, tried, &mut |a| lookup(words, a))
+        });
+        (ret.expect("the step unwinds"), after)
     }
 
-    /// Replays at `frame` from `regs`: the return addresses given and
-    /// whether it said to unwind the frame itself.
-    fn replay(
-        memo: &mut Memo,
-        stack: &Stack,
-        frame: FrameAddress,
-        mut regs: UnwindRegsNative,
-    ) -> (Vec<u64>, bool) {
+    /// Remembers a walk of `rules` from `regs` at [`FRAME`] on `mem`: the
+    /// registers after each step.
+    fn remember(memo: &mut Memo, mem: &[u64], regs: UnwindRegsNative, rules: &[Rule]) {
+        let stack = stack_of(mem);
+        let (mut frame, mut regs) = (FRAME, regs);
+        memo.begin(1);
+        for &rule in rules {
+            let (ret, after) = unwind(memo, &stack, frame, regs, rule);
+            frame = FrameAddress::from_return_address(ret).expect("a return address");
+            regs = after;
+        }
+        memo.end();
+    }
+
+    /// Replays at [`FRAME`] from `regs` on `mem`: the return addresses
+    /// given, whether the walk must unwind at [`FRAME`] itself, and the
+    /// registers after.
+    fn replay(memo: &mut Memo, mem: &[u64], mut regs: UnwindRegsNative) -> (Vec<u64>, bool, Key) {
         let mut pushed = Vec::new();
-        let unwind = match memo.replay(frame, &mut regs, stack, |ret| {
+        memo.begin(1);
+        let unwind = match memo.replay(FRAME, &mut regs, &stack_of(mem), |ret| {
             pushed.push(ret);
             true
         }) {
             Replay::NoMatch => true,
-            Replay::Diverged(at) => at == frame,
+            Replay::Diverged(at) => at == FRAME,
             Replay::Ended(_) | Replay::Full => false,
         };
-        (pushed, unwind)
+        (pushed, unwind, key(&regs))
     }
 
     const FRAME: FrameAddress = FrameAddress::InstructionPointer(0x1000);
 
-    /// A memo of one walk: a step at [`FRAME`] from `sp` = `mem[0]`'s
-    /// address (and bp 7) that reads words 1 and 3 of `mem` and finds
-    /// 0x2000, with `sp` then at `mem`'s last word; and the registers it
-    /// started from and ended with.
-    fn remembered(mem: &[u64]) -> (Box<Memo>, UnwindRegsNative, UnwindRegsNative) {
-        let regs = UnwindRegsNative::new(0x1000, at(mem, 0), 7);
-        let after = UnwindRegsNative::new(0x2000, at(mem, mem.len() - 1), 9);
-        let words = [at(mem, 1), at(mem, 3)];
-        let mut memo = Memo::new();
-        memo.begin(1);
-        unwind(
-            &mut memo,
-            &stack_of(mem),
-            FRAME,
-            regs,
-            &words,
-            0x2000,
-            after,
-        );
-        memo.end();
-        (memo, regs, after)
-    }
-
     #[test]
     fn a_step_is_replayed_only_from_the_same_registers_and_words() {
-        let mem = [0u64, 20, 30, 40, 0];
-        let stack = stack_of(&mem);
-        let (mut memo, regs, _) = remembered(&mem);
-        memo.begin(1);
-        assert_eq!(
-            replay(&mut memo, &stack, FRAME, regs),
-            (vec![0x2000], false)
-        );
+        let mut mem = [0u64, 20, 30, 0x2000, 0];
+        let sp = at(&mem, 0);
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[Rule::Sp { ret: 3 }]);
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x2000], false));
+        assert_eq!(after, [at(&mem, 4), 7, 0x2000]);
         memo.end();
         // The replayed step is remembered again, and replays again.
-        memo.begin(1);
-        assert_eq!(
-            replay(&mut memo, &stack, FRAME, regs),
-            (vec![0x2000], false)
-        );
+        assert_eq!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).0, [0x2000]);
         memo.end();
-        // Another frame pointer: unwound (it may be what the rule uses).
-        // (These walks are not ended: the last walk stays the one above.)
-        memo.begin(1);
-        let mut other_bp = regs;
-        let [sp, fp, pc] = key(&regs);
-        set_key(&mut other_bp, [sp, fp + 8, pc]);
-        assert_eq!(replay(&mut memo, &stack, FRAME, other_bp), (vec![], true));
+        // (The walks below are not ended: the last walk stays the one
+        // above.) Another `sp`, another `ip`: unwound.
+        assert!(replay(&mut memo, &mem, regs(sp + 8, 7, 0x1000)).1);
+        assert!(replay(&mut memo, &mem, regs(sp, 7, 0x1008)).1);
         // Another module list: unwound.
         memo.begin(2);
-        assert_eq!(replay(&mut memo, &stack, FRAME, regs), (vec![], true));
-        // And the same again: replayed.
-        memo.begin(1);
-        assert_eq!(
-            replay(&mut memo, &stack, FRAME, regs),
-            (vec![0x2000], false)
-        );
+        let mut r = regs(sp, 7, 0x1000);
+        let found = memo.replay(FRAME, &mut r, &stack_of(&mem), |_| true);
+        assert!(matches!(found, Replay::NoMatch));
+        // A word it did not read may change; the one it read may not.
+        mem[1] += 1;
+        assert_eq!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).0, [0x2000]);
+        mem[3] += 1;
+        assert!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).1);
     }
 
     #[test]
-    fn a_step_whose_words_changed_is_unwound() {
-        let mut mem = [0u64, 20, 30, 40, 0];
-        let (mut memo, regs, _) = remembered(&mem);
-        // A word between the two read counts too (the span is compared).
-        for i in 1..=3 {
-            mem[i] += 1;
-            memo.begin(1);
-            assert_eq!(
-                replay(&mut memo, &stack_of(&mem), FRAME, regs),
-                (vec![], true),
-                "word {i}"
-            );
-            mem[i] -= 1;
-        }
+    fn a_step_that_keeps_the_frame_pointer_replays_with_any() {
+        let mem = [0u64, 0x2000, 0];
+        let sp = at(&mem, 0);
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[Rule::Sp { ret: 1 }]);
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 99, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x2000], false));
+        assert_eq!(after, [at(&mem, 2), 99, 0x2000]);
     }
 
     #[test]
-    fn a_step_whose_words_left_the_ring_is_unwound() {
-        let mut mem = [0u64; 20];
-        mem[1..4].copy_from_slice(&[20, 30, 40]);
-        let (mut memo, regs, after) = remembered(&mem);
-        // The stack changes, and steps of the next walk fill the ring
-        // until the changed words land where the first step's were: the
-        // ring then holds exactly what the stack holds, but the first
-        // step's words are gone, so it must not be replayed.
-        mem[1..4].copy_from_slice(&[21, 31, 41]);
-        let stack = stack_of(&mem);
-        memo.begin(1);
-        let filler = FrameAddress::InstructionPointer(0x3000);
-        let span = [at(&mem, 1), at(&mem, 16)];
-        while memo.head < RING as u64 + 16 {
-            unwind(&mut memo, &stack, filler, regs, &span, 0x4000, after);
-        }
-        assert_eq!(&memo.ring[..3], &[21, 31, 41]);
-        assert_eq!(replay(&mut memo, &stack, FRAME, regs), (vec![], true));
+    fn a_step_that_restores_the_frame_pointer_takes_it_from_the_stack() {
+        let mut mem = [0u64, 55, 0x2000, 0];
+        let sp = at(&mem, 0);
+        let rule = Rule::SpRestoringFp { ret: 2, fp: 1 };
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[rule]);
+        // Another frame pointer, another saved one: replayed, the saved one
+        // taken.
+        mem[1] = 66;
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 8, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x2000], false));
+        assert_eq!(after, [at(&mem, 3), 66, 0x2000]);
+        // Another return address: unwound.
+        mem[2] = 0x3000;
+        assert!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).1);
+    }
+
+    #[test]
+    fn a_step_that_uses_the_frame_pointer_replays_only_with_it() {
+        // The frame pointer points at word 2: the caller's at 2, the
+        // return address at 3.
+        let mut mem = [0u64, 0, 77, 0x2000, 0, 77, 0x2000];
+        let (sp, fp) = (at(&mem, 0), at(&mem, 2));
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, fp, 0x1000), &[Rule::Fp]);
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, fp, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x2000], false));
+        assert_eq!(after, [at(&mem, 4), 77, 0x2000]);
+        // Another frame pointer, even one at the same words: unwound.
+        assert!(replay(&mut memo, &mem, regs(sp, at(&mem, 5), 0x1000)).1);
+        // The caller's frame pointer it read changed: copied, not compared.
+        mem[2] = 78;
+        assert_eq!(replay(&mut memo, &mem, regs(sp, fp, 0x1000)).2[FP], 78);
+    }
+
+    #[test]
+    fn a_frame_pointer_followed_through_the_walk_is_compared_where_used() {
+        // Step 1 restores the frame pointer from word 1; step 2 uses it.
+        let mut mem = [0u64, 0, 0x1500, 0, 0, 99, 0x2000, 0];
+        mem[1] = at(&mem, 5);
+        let sp = at(&mem, 0);
+        let rules = [Rule::SpRestoringFp { ret: 2, fp: 1 }, Rule::Fp];
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &rules);
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 8, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x1500, 0x2000], false));
+        assert_eq!(after, [at(&mem, 7), 99, 0x2000]);
+        // The saved frame pointer now points elsewhere: step 1 replays (it
+        // copies it), step 2 does not (it uses it).
+        mem[1] = at(&mem, 3);
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 8, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x1500], false));
+        assert_eq!(after, [at(&mem, 3), at(&mem, 3), 0x1500]);
+        // So does a frame pointer kept by step 1 and used by step 2.
+        let rules = [Rule::Sp { ret: 2 }, Rule::Fp];
+        mem[1] = 0;
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, at(&mem, 5), 0x1000), &rules);
+        let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, at(&mem, 5), 0x1000));
+        assert_eq!(pushed, [0x1500, 0x2000]);
+        let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, at(&mem, 4), 0x1000));
+        assert_eq!(pushed, [0x1500]);
+    }
+
+    #[test]
+    fn a_step_that_read_too_many_words_is_not_remembered() {
+        let mem = [1u64, 2, 3, 0x2000, 0];
+        let sp = at(&mem, 0);
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[Rule::FourWords]);
+        assert_eq!(memo.unwound, 1);
+        assert!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).1);
     }
 }
