@@ -507,8 +507,9 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
     f(&mut cache, None);
 }
 
-/// Empty caches for a pool slot, built on the heap (about 350 KB: framehop's
-/// entries, the tags and the remembered walks), never on the stack.
+/// Empty caches for a pool slot, never on the stack: about 350 KB,
+/// framehop's entries and the tags on the heap, the remembered walks in
+/// mappings of their own (see `replay::Steps`).
 fn new_banks() -> Box<Banks> {
     Box::new(Banks {
         rules: Rules {
@@ -1264,8 +1265,8 @@ mod tests {
                 differ += (remembered.len() != unwound.len()) as usize;
             }
             assert_eq!(differ, 0);
-            // Not vacuous: most frames were replayed, and the ring's words
-            // were overwritten many times over (2 048 words).
+            // Not vacuous: many frames were replayed, and many unwound (each
+            // path differs from the last at some depth).
             let memo = &kept.memo;
             assert!(
                 memo.replayed > 2_000,

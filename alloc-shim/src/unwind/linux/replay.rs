@@ -38,9 +38,10 @@
 //!
 //! A replayed frame costs a few compares and a load or two per word. The
 //! memory is fixed when the slot is made (no allocation here, so signal
-//! handlers replay too, about 52 KB a slot): [`STEPS`] steps for the last
-//! walk, as many for the steps the current walk unwinds, and as many again
-//! for laying out a walk that cannot be laid out in place ([`Memo::end`]).
+//! handlers replay too; 3 × 17 KB a slot, mapped apart from the program's
+//! heap, see [`Steps`]): [`STEPS`] steps for the last walk, as many for
+//! the steps the current walk unwinds, and as many again for laying out a
+//! walk that cannot be laid out in place ([`Memo::end`]).
 //! A step that read more than [`READS`] words, or failed a read, is not
 //! remembered.
 
@@ -153,14 +154,6 @@ impl Step {
         self.before[0] == prev.after[0]
             && self.before[2] == prev.after[2]
             && FrameAddress::from_return_address(prev.ret) == Some(self.frame)
-    }
-
-    /// Whether the step starts from `regs` (`fp` the frame pointer a
-    /// replay followed there).
-    fn starts_from(&self, before: &Key, fp: u64) -> bool {
-        self.before[0] == before[0]
-            && self.before[2] == before[2]
-            && (!self.uses_fp || self.before[FP] == fp)
     }
 
     /// The frame pointer after the step from `fp`, if the words it read
@@ -363,7 +356,7 @@ pub(super) enum Replay {
 }
 
 impl Memo {
-    /// Empty walks, on the heap (about 52 KB), never on the stack.
+    /// Empty walks (their steps mapped, about 52 KB), never on the stack.
     pub(super) fn new() -> Box<Memo> {
         Box::new(Memo {
             last: Walk::new(),
@@ -475,17 +468,17 @@ impl Memo {
         // resumes here next time; a first frame's may, then a match is
         // only missed.
         self.cursor = i;
-        let mut fp = before[FP];
+        // (The frame pointer, where used, is compared below.)
         let Some(first) = (i..old.len)
             .take_while(|&j| old.steps[j].before[0] == sp)
-            .find(|&j| old.steps[j].frame == frame && old.steps[j].starts_from(&before, fp))
+            .find(|&j| old.steps[j].frame == frame && old.steps[j].before[2] == before[2])
         else {
             return Replay::NoMatch;
         };
-        let mut j = first;
+        let (mut j, mut fp) = (first, before[FP]);
         let stop = loop {
             let step = &old.steps[j];
-            // A chained step starts where the one before ended, but for the
+            // A chained step starts where the one before ended but for the
             // frame pointer, compared here where it is used.
             let fp_after = if step.uses_fp && step.before[FP] != fp {
                 None
@@ -612,12 +605,14 @@ impl Recorder<'_> {
                 _ => {}
             }
             if fp_after != FpAfter::Kept {
-                if let Some(k) = reads.iter().position(|w| w.1 == after[FP]) {
+                let copied_from = (0..reads.len()).find(|&k| {
                     let mut words = self.reads;
                     words[k].1 ^= CHANGE;
-                    if outcome_but_fp(before, &words[..self.nreads]) == Some(after[FP] ^ CHANGE) {
-                        fp_after = FpAfter::Word(k as u8);
-                    }
+                    reads[k].1 == after[FP]
+                        && outcome_but_fp(before, &words[..reads.len()]) == Some(after[FP] ^ CHANGE)
+                });
+                if let Some(k) = copied_from {
+                    fp_after = FpAfter::Word(k as u8);
                 }
             }
         }
@@ -814,6 +809,24 @@ mod tests {
         assert_eq!((pushed, unwind), (vec![0x2000], false));
         assert_eq!(after, [at(&mem, 3), 66, 0x2000]);
         // Another return address: unwound.
+        mem[2] = 0x3000;
+        assert!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).1);
+    }
+
+    #[test]
+    fn a_word_equal_to_the_frame_pointer_after_is_copied_only_if_it_is_its_source() {
+        // The return address and the saved frame pointer are equal: the
+        // return address (read first) is not where the frame pointer comes
+        // from, and stays compared.
+        let mut mem = [0u64, 0x2000, 0x2000, 0];
+        let sp = at(&mem, 0);
+        let rule = Rule::SpRestoringFp { ret: 2, fp: 1 };
+        let mut memo = Memo::new();
+        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[rule]);
+        assert_eq!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).0, [0x2000]);
+        // The saved frame pointer is: copied.
+        mem[1] = 0x2500;
+        assert_eq!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).2[FP], 0x2500);
         mem[2] = 0x3000;
         assert!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).1);
     }
