@@ -567,10 +567,11 @@ impl Recorder<'_> {
     /// `trial` unwinds the same frame again from the registers it is given
     /// with the words it is given (framehop with the same rules, and a
     /// reader that finds only those words): once with the frame pointer
-    /// changed, to learn whether the step uses it, and once with the word
-    /// the frame pointer after it equals changed, to learn whether it is
-    /// copied from there. A step whose frame pointer use is not cleared
-    /// that way is replayed only with the same frame pointer and words.
+    /// changed, to learn whether the step uses it, and then with each word
+    /// equal to the frame pointer after it changed in turn, to learn
+    /// whether it is copied from there. A step whose frame pointer use is
+    /// not cleared that way is replayed only with the same frame pointer
+    /// and words.
     pub(super) fn finish(
         self,
         result: Option<u64>,
