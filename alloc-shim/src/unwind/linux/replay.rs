@@ -723,18 +723,20 @@ mod tests {
         (ret.expect("the step unwinds"), after)
     }
 
-    /// Remembers a walk of `rules` from `regs` at [`FRAME`] on `mem`: the
-    /// registers after each step.
-    fn remember(memo: &mut Memo, mem: &[u64], regs: UnwindRegsNative, rules: &[Rule]) {
+    /// A memory of one walk of `rules` at [`FRAME`] on `mem`, from `sp` at
+    /// its first word, frame pointer `fp` and `ip` (`lr`) [`FRAME`]'s.
+    fn remembered(mem: &[u64], fp: u64, rules: &[Rule]) -> Box<Memo> {
+        let mut memo = Memo::new();
         let stack = stack_of(mem);
-        let (mut frame, mut regs) = (FRAME, regs);
+        let (mut frame, mut regs) = (FRAME, regs(at(mem, 0), fp, 0x1000));
         memo.begin(1);
         for &rule in rules {
-            let (ret, after) = unwind(memo, &stack, frame, regs, rule);
+            let (ret, after) = unwind(&mut memo, &stack, frame, regs, rule);
             frame = FrameAddress::from_return_address(ret).expect("a return address");
             regs = after;
         }
         memo.end();
+        memo
     }
 
     /// Replays at [`FRAME`] from `regs` on `mem`: the return addresses
@@ -760,8 +762,7 @@ mod tests {
     fn a_step_is_replayed_only_from_the_same_registers_and_words() {
         let mut mem = [0u64, 20, 30, 0x2000, 0];
         let sp = at(&mem, 0);
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[Rule::Sp { ret: 3 }]);
+        let mut memo = remembered(&mem, 7, &[Rule::Sp { ret: 3 }]);
         let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
         assert_eq!((pushed, unwind), (vec![0x2000], false));
         assert_eq!(after, [at(&mem, 4), 7, 0x2000]);
@@ -789,8 +790,7 @@ mod tests {
     fn a_step_that_keeps_the_frame_pointer_replays_with_any() {
         let mem = [0u64, 0x2000, 0];
         let sp = at(&mem, 0);
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[Rule::Sp { ret: 1 }]);
+        let mut memo = remembered(&mem, 7, &[Rule::Sp { ret: 1 }]);
         let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 99, 0x1000));
         assert_eq!((pushed, unwind), (vec![0x2000], false));
         assert_eq!(after, [at(&mem, 2), 99, 0x2000]);
@@ -801,8 +801,7 @@ mod tests {
         let mut mem = [0u64, 55, 0x2000, 0];
         let sp = at(&mem, 0);
         let rule = Rule::SpRestoringFp { ret: 2, fp: 1 };
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[rule]);
+        let mut memo = remembered(&mem, 7, &[rule]);
         // Another frame pointer, another saved one: replayed, the saved one
         // taken.
         mem[1] = 66;
@@ -822,8 +821,7 @@ mod tests {
         let mut mem = [0u64, 0x2000, 0x2000, 0];
         let sp = at(&mem, 0);
         let rule = Rule::SpRestoringFp { ret: 2, fp: 1 };
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[rule]);
+        let mut memo = remembered(&mem, 7, &[rule]);
         assert_eq!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).0, [0x2000]);
         // The saved frame pointer is: copied.
         mem[1] = 0x2500;
@@ -838,8 +836,7 @@ mod tests {
         // return address at 3.
         let mut mem = [0u64, 0, 77, 0x2000, 0, 77, 0x2000];
         let (sp, fp) = (at(&mem, 0), at(&mem, 2));
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, fp, 0x1000), &[Rule::Fp]);
+        let mut memo = remembered(&mem, fp, &[Rule::Fp]);
         let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, fp, 0x1000));
         assert_eq!((pushed, unwind), (vec![0x2000], false));
         assert_eq!(after, [at(&mem, 4), 77, 0x2000]);
@@ -857,8 +854,7 @@ mod tests {
         mem[1] = at(&mem, 5);
         let sp = at(&mem, 0);
         let rules = [Rule::SpRestoringFp { ret: 2, fp: 1 }, Rule::Fp];
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &rules);
+        let mut memo = remembered(&mem, 7, &rules);
         let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 8, 0x1000));
         assert_eq!((pushed, unwind), (vec![0x1500, 0x2000], false));
         assert_eq!(after, [at(&mem, 7), 99, 0x2000]);
@@ -871,8 +867,7 @@ mod tests {
         // So does a frame pointer kept by step 1 and used by step 2.
         let rules = [Rule::Sp { ret: 2 }, Rule::Fp];
         mem[1] = 0;
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, at(&mem, 5), 0x1000), &rules);
+        let mut memo = remembered(&mem, at(&mem, 5), &rules);
         let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, at(&mem, 5), 0x1000));
         assert_eq!(pushed, [0x1500, 0x2000]);
         let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, at(&mem, 4), 0x1000));
@@ -883,8 +878,7 @@ mod tests {
     fn a_step_that_read_too_many_words_is_not_remembered() {
         let mem = [1u64, 2, 3, 0x2000, 0];
         let sp = at(&mem, 0);
-        let mut memo = Memo::new();
-        remember(&mut memo, &mem, regs(sp, 7, 0x1000), &[Rule::FourWords]);
+        let mut memo = remembered(&mem, 7, &[Rule::FourWords]);
         assert_eq!(memo.unwound, 1);
         assert!(replay(&mut memo, &mem, regs(sp, 7, 0x1000)).1);
     }
