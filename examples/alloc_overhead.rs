@@ -67,13 +67,22 @@ fn steps<A: GlobalAlloc>(window: &mut Window<'_, A>, n: u32) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// [`ROUNDS`] alternating bursts of 16 384 steps of `a` then `b`.
+/// [`ROUNDS`] rounds of a burst of 16 384 steps of `a` and one of `b`,
+/// `a` first in even rounds and `b` first in odd ones, so that neither
+/// gains from its place in the round.
 fn window_rounds<A: GlobalAlloc, B: GlobalAlloc>(
     a: &mut Window<'_, A>,
     b: &mut Window<'_, B>,
 ) -> (Vec<f64>, Vec<f64>) {
     (0..ROUNDS)
-        .map(|_| (steps(a, 16_384), steps(b, 16_384)))
+        .map(|round| {
+            if round % 2 == 0 {
+                (steps(a, 16_384), steps(b, 16_384))
+            } else {
+                let later = steps(b, 16_384);
+                (steps(a, 16_384), later)
+            }
+        })
         .unzip()
 }
 
@@ -109,10 +118,16 @@ fn per_sample<A: GlobalAlloc>(ring: &mut Window<'_, A>, interval: u64) {
         times.push(steps(ring, 16_384));
         *taken += ferroprof::alloc::stats().samples - before;
     };
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
         let [taken_off, taken_on] = &mut samples;
-        burst(ring, 0, &mut off, taken_off);
-        burst(ring, interval, &mut on, taken_on);
+        // Each kind first in every other round, as in `window_rounds`.
+        if round % 2 == 0 {
+            burst(ring, 0, &mut off, taken_off);
+            burst(ring, interval, &mut on, taken_on);
+        } else {
+            burst(ring, interval, &mut on, taken_on);
+            burst(ring, 0, &mut off, taken_off);
+        }
     }
     let ((_, on), (_, off)) = (min_median(on), min_median(off));
     let steps = (ROUNDS * 16_384) as f64;
@@ -137,9 +152,16 @@ fn main() {
         let layout = black_box(layout(size));
         let n = if size >= 64 << 10 { 200 } else { 20_000 };
         let (mut bare, mut wrapped) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            bare.push(pairs(&BARE, layout, n));
-            wrapped.push(pairs(&WRAPPED, layout, n));
+        for round in 0..ROUNDS {
+            // Each allocator first in every other round, as in
+            // `window_rounds`.
+            if round % 2 == 0 {
+                bare.push(pairs(&BARE, layout, n));
+                wrapped.push(pairs(&WRAPPED, layout, n));
+            } else {
+                wrapped.push(pairs(&WRAPPED, layout, n));
+                bare.push(pairs(&BARE, layout, n));
+            }
         }
         report(&format!("pair {size} B"), bare, wrapped);
     }
