@@ -1070,9 +1070,10 @@ mod tests {
         };
         assert!(frames > 3, "a real stack: {frames} frames");
         // Every frame's rule missed (the hits are the trials that follow
-        // each unwound step: see `replay::Recorder::finish`).
+        // each unwound step, one with its frame pointer changed and at most
+        // one per word it read, three: see `replay::Recorder::finish`).
         assert!(first.misses() as usize + 1 >= frames, "{first:?}");
-        assert!(first.hits() <= 2 * first.misses(), "{first:?}");
+        assert!(first.hits() <= 4 * first.misses(), "{first:?}");
         // The same list again: every rule is found.
         assert_eq!(again, frames);
         assert_eq!(warm.misses(), first.misses(), "{warm:?}");
