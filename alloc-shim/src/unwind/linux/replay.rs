@@ -28,11 +28,11 @@
 //! different value at every sample. Most steps do not depend on it: their
 //! rule moves `sp` by a constant and either leaves the frame pointer as it
 //! was or restores it from a word they read. When a step is unwound, it is
-//! unwound twice more on the words it read ([`Recorder::finish`]), with the
-//! frame pointer changed and then with the word it was restored from
-//! changed; framehop's rules either use a register's value or copy it, so
-//! an outcome those changes do not move (but for the copy) does not depend
-//! on them. Such a step is replayed with any frame pointer, which it passes
+//! unwound again on the words it read ([`Recorder::finish`]): with the
+//! frame pointer changed, then with each word equal to the frame pointer
+//! after it changed in turn; framehop's rules either use a register's
+//! value or a word's, or copy it, so an outcome those changes do not move
+//! (but for the copy) does not depend on them. Such a step is replayed with any frame pointer, which it passes
 //! on or takes from that word, read again. A step that uses the frame
 //! pointer (a frame-pointer rule) is replayed only with the same one.
 //!
