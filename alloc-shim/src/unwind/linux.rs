@@ -503,7 +503,8 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
         slot.busy.store(false, Ordering::Release);
         return;
     }
-    let mut cache = new_banks();
+    // Used for this walk only: nothing to remember it for.
+    let mut cache = banks_with(Memo::forgetful());
     f(&mut cache, None);
 }
 
@@ -511,13 +512,18 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
 /// framehop's entries and the tags on the heap, the remembered walks in
 /// mappings of their own (see `replay::Steps`).
 fn new_banks() -> Box<Banks> {
+    banks_with(Memo::new())
+}
+
+/// Empty caches with `memo` for the slot's memory of its walks.
+fn banks_with(memo: Box<Memo>) -> Box<Banks> {
     Box::new(Banks {
         rules: Rules {
             caches: core::array::from_fn(|_| Cache::default()),
             tags: vec![TagSet([0; BANKS]); RULE_ENTRIES].into_boxed_slice(),
             misses: 0,
         },
-        memo: Memo::new(),
+        memo,
         list: 0,
     })
 }

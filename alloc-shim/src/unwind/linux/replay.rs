@@ -191,6 +191,9 @@ struct Steps(Option<NonNull<Step>>);
 const STEPS_BYTES: usize = STEPS * core::mem::size_of::<Step>();
 
 impl Steps {
+    /// No room: a walk that remembers nothing.
+    const NONE: Steps = Steps(None);
+
     fn new() -> Steps {
         let Some(at) = sys::map_anonymous(STEPS_BYTES) else {
             return Steps(None);
@@ -250,10 +253,10 @@ struct Walk {
 }
 
 impl Walk {
-    fn new() -> Walk {
+    fn new(steps: Steps) -> Walk {
         Walk {
             list: 0,
-            steps: Steps::new(),
+            steps,
             len: 0,
         }
     }
@@ -358,10 +361,20 @@ pub(super) enum Replay {
 impl Memo {
     /// Empty walks (their steps mapped, about 52 KB), never on the stack.
     pub(super) fn new() -> Box<Memo> {
+        Memo::with([Steps::new(), Steps::new(), Steps::new()])
+    }
+
+    /// A memo with no room, for caches used for one walk only: it maps
+    /// nothing and remembers nothing (as a memo whose mappings failed).
+    pub(super) fn forgetful() -> Box<Memo> {
+        Memo::with([Steps::NONE, Steps::NONE, Steps::NONE])
+    }
+
+    fn with([last, staged, spare]: [Steps; 3]) -> Box<Memo> {
         Box::new(Memo {
-            last: Walk::new(),
-            staged: Walk::new(),
-            spare: Walk::new(),
+            last: Walk::new(last),
+            staged: Walk::new(staged),
+            spare: Walk::new(spare),
             pieces: [Piece::Unwound(0, 0); PIECES],
             npieces: 0,
             cursor: 0,
@@ -872,6 +885,28 @@ mod tests {
         assert_eq!(pushed, [0x1500, 0x2000]);
         let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, at(&mem, 4), 0x1000));
         assert_eq!(pushed, [0x1500]);
+    }
+
+    #[test]
+    fn a_memo_without_room_remembers_nothing() {
+        let mem = [0u64, 55, 0x2000, 0];
+        let mut memo = Memo::forgetful();
+        let stack = stack_of(&mem);
+        let rules = [Rule::SpRestoringFp { ret: 2, fp: 1 }];
+        for _ in 0..2 {
+            memo.begin(1);
+            let (ret, _) = unwind(
+                &mut memo,
+                &stack,
+                FRAME,
+                regs(at(&mem, 0), 7, 0x1000),
+                rules[0],
+            );
+            assert_eq!(ret, 0x2000);
+            memo.end();
+            assert!(replay(&mut memo, &mem, regs(at(&mem, 0), 7, 0x1000)).1);
+        }
+        assert_eq!((memo.unwound, memo.replayed), (2, 0));
     }
 
     #[test]
