@@ -142,6 +142,13 @@ pub struct Stats {
     /// Module lists the stack walks keep: the current one, and replaced
     /// ones a walk may still be using (freed as soon as none is).
     pub unwind_module_lists: u64,
+    /// Frames of DWARF stack walks (the allocator's, and the CPU signal
+    /// handler's) replayed from the last walk of their unwinder cache slot
+    /// since start: a frame whose registers and stack words are unchanged
+    /// is not unwound again.
+    pub unwind_frames_replayed: u64,
+    /// Frames of DWARF stack walks unwound with framehop since start.
+    pub unwind_frames_unwound: u64,
 }
 
 /// Current statistics, without touching the stacks.
@@ -149,6 +156,7 @@ pub fn stats() -> Stats {
     let c = &COUNTERS;
     let (reserved, committed, in_use, kept) = region::stats();
     let (copied, left_out, lists) = crate::unwind::kept();
+    let (replayed, unwound) = crate::unwind::walked_frames();
     let full = c.dropped_table_full.load(Ordering::Relaxed);
     let reg = c.dropped_region.load(Ordering::Relaxed);
     let nr = c.dropped_not_ready.load(Ordering::Relaxed);
@@ -165,6 +173,8 @@ pub fn stats() -> Stats {
         unwind_copies: copied as u64,
         unwind_libraries_left_out: left_out as u64,
         unwind_module_lists: lists as u64,
+        unwind_frames_replayed: replayed,
+        unwind_frames_unwound: unwound,
         ..Stats::default()
     };
     if let Some(t) = tables() {

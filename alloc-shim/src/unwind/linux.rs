@@ -106,14 +106,33 @@ struct CacheSlot {
     cache: AtomicPtr<Banks>,
     /// The module list the slot's current walk uses.
     walking: Hazard<Modules>,
+    /// Frames the slot's walks replayed and unwound so far, as its cache's
+    /// memory counts them ([`CacheSlot::publish`]).
+    frames: [AtomicU64; 2],
 }
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE_SLOT: CacheSlot = CacheSlot {
     busy: AtomicBool::new(false),
     cache: AtomicPtr::new(core::ptr::null_mut()),
     walking: Hazard::new(),
+    frames: [AtomicU64::new(0), AtomicU64::new(0)],
 };
+
+impl CacheSlot {
+    /// Publishes the frame counts of `banks`, this slot's cache, which the
+    /// caller holds (`busy`). Async-signal-safe.
+    fn publish(&self, banks: &Banks) {
+        // Relaxed: statistics, read on their own; only the slot's holder
+        // stores, so a load and a store add nothing to contend on.
+        self.frames[0].store(banks.memo.replayed, Ordering::Relaxed);
+        self.frames[1].store(banks.memo.unwound, Ordering::Relaxed);
+    }
+}
+
 static CACHES: [CacheSlot; POOL] = [FREE_SLOT; POOL];
+/// Frames unwound by walks with caches of their own (every pooled slot
+/// busy), which remember nothing.
+static UNPOOLED_FRAMES: AtomicU64 = AtomicU64::new(0);
 static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 
 /// The registers of the caller of this function, at the call.
@@ -498,7 +517,9 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
         }
         // SAFETY: `busy` gives this thread exclusive use of the cache until
         // it is cleared; the cache is never freed.
-        f(unsafe { &mut *cache }, Some(&slot.walking));
+        let cache = unsafe { &mut *cache };
+        f(cache, Some(&slot.walking));
+        slot.publish(cache);
         // Release: see the Acquire above.
         slot.busy.store(false, Ordering::Release);
         return;
@@ -506,6 +527,18 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
     // Used for this walk only: nothing to remember it for.
     let mut cache = banks_with(Memo::forgetful());
     f(&mut cache, None);
+    UNPOOLED_FRAMES.fetch_add(cache.memo.unwound, Ordering::Relaxed);
+}
+
+/// Frames the DWARF walks (the allocator's and the signal handler's)
+/// replayed and unwound so far: `(replayed, unwound)`.
+pub(crate) fn walked_frames() -> (u64, u64) {
+    // Relaxed: see `CacheSlot::publish`.
+    let count = |i: usize| -> u64 {
+        let slots = CACHES.iter().chain(&signal::CACHES);
+        slots.map(|s| s.frames[i].load(Ordering::Relaxed)).sum()
+    };
+    (count(0), count(1) + UNPOOLED_FRAMES.load(Ordering::Relaxed))
 }
 
 /// Empty caches for a pool slot, never on the stack: about 350 KB,

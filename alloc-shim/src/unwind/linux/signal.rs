@@ -228,6 +228,7 @@ fn walk_dwarf_in_signal(regs: &Registers, stack: &Stack, out: &mut Out<'_>) -> b
                 })
                 .is_some()
         });
+        slot.publish(cache);
         // Release: see the Acquire above.
         slot.busy.store(false, Ordering::Release);
         if !walked {
