@@ -339,12 +339,24 @@ fn walk_dwarf_with(
         }
         let cache = rules.for_address(frame.address_for_lookup());
         let mut recorder = memo.recorder(stack, frame, &regs);
+        let hits = cache.stats().hit_count;
         let ret = modules
             .unwinder
             .unwind_frame(frame, &mut regs, cache, &mut |a| recorder.read(a))
             .ok()
             .flatten();
+        // Trials only with a rule the cache held: they then execute that
+        // rule and nothing else. A frame framehop evaluates from DWARF each
+        // time (it caches no rule for it) would be evaluated again, where a
+        // failed read may be passed over rather than fail, and a trial that
+        // failed would leave framehop's fallback rule in the cache for the
+        // walks to come. A step unwound on a miss is remembered as using
+        // the frame pointer; unwound again, on a hit, it is tried.
+        let held = cache.stats().hit_count > hits;
         recorder.finish(ret, &regs, |tried, words| {
+            if !held {
+                return None;
+            }
             let mut read = |a| replay::lookup(words, a);
             let found = modules
                 .unwinder

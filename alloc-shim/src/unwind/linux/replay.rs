@@ -27,10 +27,11 @@
 //! whatever the caller kept in it, and the frames that save it save a
 //! different value at every sample. Most steps do not depend on it: their
 //! rule moves `sp` by a constant and either leaves the frame pointer as it
-//! was or restores it from a word they read. When a step is unwound, it is
-//! unwound again on the words it read ([`Recorder::finish`]): with the
-//! frame pointer changed, then with each word equal to the frame pointer
-//! after it changed in turn; framehop's rules either use a register's
+//! was or restores it from a word they read. When a step is unwound with a
+//! rule framehop had cached, it is unwound again with that rule on the
+//! words it read ([`Recorder::finish`]): with the frame pointer changed,
+//! then with each word equal to the frame pointer after it changed in turn
+//! (to a larger value and to 0); framehop's rules either use a register's
 //! value or a word's, or copy it, so an outcome those changes do not move
 //! (but for the copy) does not depend on them. Such a step is replayed with any frame pointer, which it passes
 //! on or takes from that word, read again. A step that uses the frame
@@ -578,13 +579,13 @@ impl Recorder<'_> {
     /// failed or it read too many words.
     ///
     /// `trial` unwinds the same frame again from the registers it is given
-    /// with the words it is given (framehop with the same rules, and a
-    /// reader that finds only those words): once with the frame pointer
-    /// changed, to learn whether the step uses it, and then with each word
-    /// equal to the frame pointer after it changed in turn, to learn
-    /// whether it is copied from there. A step whose frame pointer use is
-    /// not cleared that way is replayed only with the same frame pointer
-    /// and words.
+    /// with the words it is given (framehop with the same rule, and a
+    /// reader that finds only those words), or says `None` when it cannot:
+    /// once with the frame pointer changed, to learn whether the step uses
+    /// it, and then with each word equal to the frame pointer after it
+    /// changed in turn, to learn whether it is copied from there. A step
+    /// whose frame pointer use is not cleared that way is replayed only
+    /// with the same frame pointer and words.
     pub(super) fn finish(
         self,
         result: Option<u64>,
@@ -614,16 +615,27 @@ impl Recorder<'_> {
             let mut changed = before;
             changed[FP] ^= CHANGE;
             match outcome_but_fp(changed, reads) {
-                Some(fp) if fp == changed[FP] => (uses_fp, fp_after) = (false, FpAfter::Kept),
+                // Passed on both times (the step left it as it was).
+                Some(fp) if fp == changed[FP] && after[FP] == before[FP] => {
+                    (uses_fp, fp_after) = (false, FpAfter::Kept)
+                }
                 Some(fp) if fp == after[FP] => uses_fp = false,
                 _ => {}
             }
             if fp_after != FpAfter::Kept {
+                // A word is where the frame pointer comes from if changing
+                // it changes only the frame pointer, to the same value, for
+                // a value larger and one smaller (0) than any address: a
+                // rule that checks the value it reads (aarch64's
+                // frame-pointer rules end the walk at 0 and refuse one that
+                // moves down) is caught by one of them.
                 let copied_from = (0..reads.len()).find(|&k| {
-                    let mut words = self.reads;
-                    words[k].1 ^= CHANGE;
                     reads[k].1 == after[FP]
-                        && outcome_but_fp(before, &words[..reads.len()]) == Some(after[FP] ^ CHANGE)
+                        && [reads[k].1 ^ CHANGE, 0].into_iter().all(|value| {
+                            let mut words = self.reads;
+                            words[k].1 = value;
+                            outcome_but_fp(before, &words[..reads.len()]) == Some(value)
+                        })
                 });
                 if let Some(k) = copied_from {
                     fp_after = FpAfter::Word(k as u8);
@@ -686,6 +698,14 @@ mod tests {
         Fp,
         /// Reads words 0 to 3 from `sp` and returns the last.
         FourWords,
+        /// aarch64's frame-pointer rule: as `Fp`, but a caller's frame
+        /// pointer of 0 ends the walk and one at or below this one fails.
+        FpChecked,
+        /// A return address at word `ret` from `sp`, which moves past it,
+        /// and the frame pointer restored from where it points, or kept
+        /// when that cannot be read (as framehop's DWARF evaluation passes
+        /// over such a read).
+        SpRestoringFpLeniently { ret: u64 },
     }
 
     /// Unwinds one step by `rule`, as framehop would.
@@ -712,6 +732,18 @@ mod tests {
                     last = read(sp + 8 * k).ok()?;
                 }
                 (last, sp + 32, fp)
+            }
+            Rule::FpChecked => {
+                let ret = read(fp.checked_add(8)?).ok()?;
+                let caller = read(fp).ok()?;
+                if caller == 0 || caller <= fp {
+                    return None;
+                }
+                (ret, fp + 16, caller)
+            }
+            Rule::SpRestoringFpLeniently { ret } => {
+                let r = read(sp + 8 * ret).ok()?;
+                (r, sp + 8 * (ret + 1), read(fp).unwrap_or(fp))
             }
         };
         set_key(regs, [sp_after, fp_after, ret]);
@@ -885,6 +917,55 @@ mod tests {
         assert_eq!(pushed, [0x1500, 0x2000]);
         let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, at(&mem, 4), 0x1000));
         assert_eq!(pushed, [0x1500]);
+    }
+
+    #[test]
+    fn a_frame_pointer_its_rule_checks_is_compared_not_copied() {
+        // The frame pointer points at word 2: the caller's (word 5's
+        // address) at 2, the return address at 3.
+        let mut mem = [0u64, 0, 0, 0x2000, 0, 0, 0];
+        mem[2] = at(&mem, 5);
+        let fp = at(&mem, 2);
+        let mut memo = remembered(&mem, fp, &[Rule::FpChecked]);
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(at(&mem, 0), fp, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x2000], false));
+        assert_eq!(after[FP], at(&mem, 5));
+        // A caller's frame pointer of 0, or one below: the rule would end
+        // the walk or fail, so the step is unwound.
+        for caller in [0, at(&mem, 1)] {
+            mem[2] = caller;
+            assert!(replay(&mut memo, &mem, regs(at(&mem, 0), fp, 0x1000)).1);
+        }
+    }
+
+    #[test]
+    fn a_frame_pointer_read_leniently_is_not_taken_as_kept() {
+        // The frame pointer points at word 1 (55) or word 2 (66).
+        let mem = [0u64, 55, 66, 0x2000, 0];
+        let rule = Rule::SpRestoringFpLeniently { ret: 3 };
+        let mut memo = remembered(&mem, at(&mem, 1), &[rule]);
+        let (pushed, _, after) = replay(&mut memo, &mem, regs(at(&mem, 0), at(&mem, 1), 0x1000));
+        assert_eq!((pushed, after[FP]), (vec![0x2000], 55));
+        // Another frame pointer: the rule would read 66 there. (A frame
+        // pointer it cannot read at made the trial keep it, which is not
+        // what the step did.)
+        assert!(replay(&mut memo, &mem, regs(at(&mem, 0), at(&mem, 2), 0x1000)).1);
+    }
+
+    #[test]
+    fn a_step_without_trials_is_replayed_only_with_its_frame_pointer() {
+        let mem = [0u64, 0x2000, 0];
+        let mut memo = Memo::new();
+        memo.begin(1);
+        let stack = stack_of(&mem);
+        let before = regs(at(&mem, 0), 7, 0x1000);
+        let mut recorder = memo.recorder(&stack, FRAME, &before);
+        let mut after = before;
+        let ret = exec(Rule::Sp { ret: 1 }, &mut after, &mut |a| recorder.read(a));
+        recorder.finish(ret, &after, |_, _| None);
+        memo.end();
+        assert!(!replay(&mut memo, &mem, regs(at(&mem, 0), 7, 0x1000)).1);
+        assert!(replay(&mut memo, &mem, regs(at(&mem, 0), 8, 0x1000)).1);
     }
 
     #[test]
