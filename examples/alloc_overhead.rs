@@ -67,21 +67,38 @@ fn steps<A: GlobalAlloc>(window: &mut Window<'_, A>, n: u32) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// Runs `a` and `b` on `state`, `a` first in even rounds and `b` first in
+/// odd ones, so that neither gains from its place in the round.
+fn in_turn<S, T, U>(
+    round: usize,
+    state: &mut S,
+    a: impl FnOnce(&mut S) -> T,
+    b: impl FnOnce(&mut S) -> U,
+) -> (T, U) {
+    if round.is_multiple_of(2) {
+        let first = a(state);
+        (first, b(state))
+    } else {
+        let first = b(state);
+        (a(state), first)
+    }
+}
+
 /// [`ROUNDS`] rounds of a burst of 16 384 steps of `a` and one of `b`,
-/// `a` first in even rounds and `b` first in odd ones, so that neither
-/// gains from its place in the round.
+/// [`in_turn`].
 fn window_rounds<A: GlobalAlloc, B: GlobalAlloc>(
     a: &mut Window<'_, A>,
     b: &mut Window<'_, B>,
 ) -> (Vec<f64>, Vec<f64>) {
+    let mut rings = (a, b);
     (0..ROUNDS)
         .map(|round| {
-            if round % 2 == 0 {
-                (steps(a, 16_384), steps(b, 16_384))
-            } else {
-                let later = steps(b, 16_384);
-                (steps(a, 16_384), later)
-            }
+            in_turn(
+                round,
+                &mut rings,
+                |(a, _)| steps(a, 16_384),
+                |(_, b)| steps(b, 16_384),
+            )
         })
         .unzip()
 }
@@ -112,22 +129,20 @@ fn report(name: &str, bare: Vec<f64>, wrapped: Vec<f64>) {
 fn per_sample<A: GlobalAlloc>(ring: &mut Window<'_, A>, interval: u64) {
     let (mut on, mut off) = (Vec::new(), Vec::new());
     let mut samples = [0u64; 2];
-    let burst = |ring: &mut Window<'_, A>, mean: u64, times: &mut Vec<f64>, taken: &mut u64| {
+    // A burst's time per step and the samples it took.
+    let burst = |ring: &mut Window<'_, A>, mean: u64| {
         ferroprof::alloc::set_sample_interval(mean);
         let before = ferroprof::alloc::stats().samples;
-        times.push(steps(ring, 16_384));
-        *taken += ferroprof::alloc::stats().samples - before;
+        let time = steps(ring, 16_384);
+        (time, ferroprof::alloc::stats().samples - before)
     };
     for round in 0..ROUNDS {
-        let [taken_off, taken_on] = &mut samples;
-        // Each kind first in every other round, as in `window_rounds`.
-        if round % 2 == 0 {
-            burst(ring, 0, &mut off, taken_off);
-            burst(ring, interval, &mut on, taken_on);
-        } else {
-            burst(ring, interval, &mut on, taken_on);
-            burst(ring, 0, &mut off, taken_off);
-        }
+        let ((time_off, taken_off), (time_on, taken_on)) =
+            in_turn(round, ring, |r| burst(r, 0), |r| burst(r, interval));
+        off.push(time_off);
+        on.push(time_on);
+        samples[0] += taken_off;
+        samples[1] += taken_on;
     }
     let ((_, on), (_, off)) = (min_median(on), min_median(off));
     let steps = (ROUNDS * 16_384) as f64;
@@ -153,15 +168,14 @@ fn main() {
         let n = if size >= 64 << 10 { 200 } else { 20_000 };
         let (mut bare, mut wrapped) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
-            // Each allocator first in every other round, as in
-            // `window_rounds`.
-            if round % 2 == 0 {
-                bare.push(pairs(&BARE, layout, n));
-                wrapped.push(pairs(&WRAPPED, layout, n));
-            } else {
-                wrapped.push(pairs(&WRAPPED, layout, n));
-                bare.push(pairs(&BARE, layout, n));
-            }
+            let (b, w) = in_turn(
+                round,
+                &mut (),
+                |_| pairs(&BARE, layout, n),
+                |_| pairs(&WRAPPED, layout, n),
+            );
+            bare.push(b);
+            wrapped.push(w);
         }
         report(&format!("pair {size} B"), bare, wrapped);
     }
