@@ -197,7 +197,7 @@ impl Steps {
 
     fn new() -> Steps {
         let Some(at) = sys::map_anonymous(STEPS_BYTES) else {
-            return Steps(None);
+            return Steps::NONE;
         };
         let first = at.cast::<Step>();
         for i in 0..STEPS {
@@ -340,7 +340,8 @@ pub(super) struct Memo {
     npieces: usize,
     /// Where in the last walk the next search starts.
     cursor: usize,
-    /// Steps replayed and unwound since the slot was made (for tests).
+    /// Steps replayed and unwound since the slot was made (the slot
+    /// publishes them to `Stats`).
     pub(super) replayed: u64,
     pub(super) unwound: u64,
 }
@@ -751,19 +752,21 @@ mod tests {
     }
 
     /// Unwinds the step at `frame` from `regs` by `rule`, remembering it:
-    /// the return address and the registers after.
+    /// the return address and the registers after. `trials`: whether the
+    /// trials may unwind it again (as when framehop had its rule cached).
     fn unwind(
         memo: &mut Memo,
         stack: &Stack,
         frame: FrameAddress,
         regs: UnwindRegsNative,
         rule: Rule,
+        trials: bool,
     ) -> (u64, UnwindRegsNative) {
         let mut recorder = memo.recorder(stack, frame, &regs);
         let mut after = regs;
         let ret = exec(rule, &mut after, &mut |a| recorder.read(a));
         recorder.finish(ret, &after, |tried, words| {
-            exec(rule, tried, &mut |a| lookup(words, a))
+            trials.then(|| exec(rule, tried, &mut |a| lookup(words, a)))?
         });
         (ret.expect("the step unwinds"), after)
     }
@@ -776,7 +779,7 @@ mod tests {
         let (mut frame, mut regs) = (FRAME, regs(at(mem, 0), fp, 0x1000));
         memo.begin(1);
         for &rule in rules {
-            let (ret, after) = unwind(&mut memo, &stack, frame, regs, rule);
+            let (ret, after) = unwind(&mut memo, &stack, frame, regs, rule, true);
             frame = FrameAddress::from_return_address(ret).expect("a return address");
             regs = after;
         }
@@ -957,12 +960,15 @@ mod tests {
         let mem = [0u64, 0x2000, 0];
         let mut memo = Memo::new();
         memo.begin(1);
-        let stack = stack_of(&mem);
         let before = regs(at(&mem, 0), 7, 0x1000);
-        let mut recorder = memo.recorder(&stack, FRAME, &before);
-        let mut after = before;
-        let ret = exec(Rule::Sp { ret: 1 }, &mut after, &mut |a| recorder.read(a));
-        recorder.finish(ret, &after, |_, _| None);
+        unwind(
+            &mut memo,
+            &stack_of(&mem),
+            FRAME,
+            before,
+            Rule::Sp { ret: 1 },
+            false,
+        );
         memo.end();
         assert!(!replay(&mut memo, &mem, regs(at(&mem, 0), 7, 0x1000)).1);
         assert!(replay(&mut memo, &mem, regs(at(&mem, 0), 8, 0x1000)).1);
@@ -982,6 +988,7 @@ mod tests {
                 FRAME,
                 regs(at(&mem, 0), 7, 0x1000),
                 rules[0],
+                true,
             );
             assert_eq!(ret, 0x2000);
             memo.end();
