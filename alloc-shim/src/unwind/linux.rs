@@ -230,6 +230,33 @@ impl Stack {
         // `Stack::new`).
         Ok(unsafe { core::ptr::read_volatile(a as *const u64) })
     }
+
+    /// Whether each word of `words` still holds its value; `None` if
+    /// `[lo, end)`, which must cover them all, is not inside the stack.
+    /// One loop without a branch, so that reads of words gone cold
+    /// overlap (see `replay::Flat`).
+    ///
+    /// # Safety
+    ///
+    /// Every address in `words` is 8-aligned and lies in `[lo, end - 8]`.
+    unsafe fn holds(&self, words: &[(u64, u64)], lo: u64, end: u64) -> Option<bool> {
+        if words.is_empty() {
+            return Some(true);
+        }
+        if (lo as usize) < self.lo || end as usize > self.hi {
+            return None;
+        }
+        let mut differ = 0;
+        for &(addr, value) in words {
+            debug_assert!(addr >= lo && addr + 8 <= end && addr.is_multiple_of(8));
+            // SAFETY: `addr` is 8-aligned and its 8 bytes are inside
+            // `[lo, end)` (the caller's guarantee), so inside
+            // `[self.lo, self.hi)` (checked above),
+            // readable while the reader is used (`Stack::new`).
+            differ |= unsafe { core::ptr::read_volatile(addr as *const u64) } ^ value;
+        }
+        Some(differ == 0)
+    }
 }
 
 struct Out<'a> {

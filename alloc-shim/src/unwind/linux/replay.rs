@@ -61,6 +61,9 @@ pub(super) const STEPS: usize = 136;
 /// rules read two: the return address and the saved frame pointer, or the
 /// saved frame pointer and link register).
 const READS: usize = 3;
+/// The most words a [`Flat`] check holds: each word every step read, and
+/// the frame pointer each compares.
+const FLAT_WORDS: usize = STEPS * (READS + 1);
 /// What the trials of [`Recorder::finish`] change a frame pointer or a
 /// word by: a bit no stack address has, so that a rule that reads at the
 /// changed frame pointer reads none of the remembered words, and fails.
@@ -176,8 +179,19 @@ impl Step {
             FpAfter::Same => self.after[FP],
         })
     }
+
+    /// The frame pointer after the step from `fp`, its inputs known to
+    /// match (a [`Flat`] check covered it): [`Step::check`] without the
+    /// checks.
+    fn pass(&self, stack: &Stack, fp: u64) -> Option<u64> {
+        match self.fp_after {
+            FpAfter::Kept => Some(fp),
+            FpAfter::Word(k) => stack.read(self.reads[k as usize].0).ok(),
+            FpAfter::Same => Some(self.after[FP]),
+        }
+    }
 }
-/// Room for [`STEPS`] steps in a mapping of its own (or none, when the
+/// Room for `N` values of `T` in a mapping of its own (or none, when the
 /// mapping failed: then nothing is remembered).
 ///
 /// Not from the global allocator: it would come from the allocator
@@ -186,63 +200,72 @@ impl Step {
 /// jemalloc splits and merges them. The `alloc_overhead` window (a ring
 /// with 64 KiB blocks) measured 1.30 instead of 1.04 that way, with
 /// sampling off, in one build and not in another.
-struct Steps(Option<NonNull<Step>>);
+struct Mapped<T: Copy, const N: usize>(Option<NonNull<T>>);
 
-/// The bytes of a [`Steps`] mapping.
-const STEPS_BYTES: usize = STEPS * core::mem::size_of::<Step>();
+/// The steps of a walk.
+type Steps = Mapped<Step, STEPS>;
 
-impl Steps {
-    /// No room: a walk that remembers nothing.
-    const NONE: Steps = Steps(None);
+/// The words of a walk's [`Flat`] check.
+type Words = Mapped<Word, FLAT_WORDS>;
 
-    fn new() -> Steps {
-        let Some(at) = sys::map_anonymous(STEPS_BYTES) else {
-            return Steps::NONE;
+impl<T: Copy, const N: usize> Mapped<T, N> {
+    /// The bytes of the mapping.
+    const BYTES: usize = N * core::mem::size_of::<T>();
+
+    /// No room.
+    const NONE: Self = Mapped(None);
+
+    /// `N` copies of `fill`, or no room when the mapping fails.
+    fn new(fill: T) -> Self {
+        let Some(at) = sys::map_anonymous(Self::BYTES) else {
+            return Self::NONE;
         };
-        let first = at.cast::<Step>();
-        for i in 0..STEPS {
+        let first = at.cast::<T>();
+        for i in 0..N {
             // SAFETY: the mapping is fresh, writable and large enough for
-            // `STEPS` steps, and page-aligned (so aligned for `Step`).
-            unsafe { first.add(i).write(NO_STEP) };
+            // `N` values, and page-aligned (so aligned for `T`: a `Step`
+            // or a `Word`).
+            unsafe { first.add(i).write(fill) };
         }
-        Steps(Some(first))
+        Mapped(Some(first))
     }
 }
 
-impl Deref for Steps {
-    type Target = [Step];
+impl<T: Copy, const N: usize> Deref for Mapped<T, N> {
+    type Target = [T];
 
-    fn deref(&self) -> &[Step] {
+    fn deref(&self) -> &[T] {
         match self.0 {
-            // SAFETY: `STEPS` initialised steps, owned by `self` until drop.
-            Some(first) => unsafe { core::slice::from_raw_parts(first.as_ptr(), STEPS) },
+            // SAFETY: `N` initialised values, owned by `self` until drop.
+            Some(first) => unsafe { core::slice::from_raw_parts(first.as_ptr(), N) },
             None => &[],
         }
     }
 }
 
-impl DerefMut for Steps {
-    fn deref_mut(&mut self) -> &mut [Step] {
+impl<T: Copy, const N: usize> DerefMut for Mapped<T, N> {
+    fn deref_mut(&mut self) -> &mut [T] {
         match self.0 {
             // SAFETY: as in `deref`, and `&mut self` is the only access.
-            Some(first) => unsafe { core::slice::from_raw_parts_mut(first.as_ptr(), STEPS) },
+            Some(first) => unsafe { core::slice::from_raw_parts_mut(first.as_ptr(), N) },
             None => &mut [],
         }
     }
 }
 
-impl Drop for Steps {
+impl<T: Copy, const N: usize> Drop for Mapped<T, N> {
     fn drop(&mut self) {
         if let Some(first) = self.0 {
-            // SAFETY: the mapping was made by `Steps::new` and nothing
+            // SAFETY: the mapping was made by `Mapped::new` and nothing
             // borrows it past `self`.
-            unsafe { sys::unmap(first.cast(), STEPS_BYTES) };
+            unsafe { sys::unmap(first.cast(), Self::BYTES) };
         }
     }
 }
 
-// SAFETY: `Steps` owns its mapping like a `Box<[Step]>` owns its memory.
-unsafe impl Send for Steps {}
+// SAFETY: `Mapped` owns its mapping like a `Box<[T]>` owns its memory, and
+// holds only `Copy` plain data (steps and words: integers).
+unsafe impl<T: Copy + Send, const N: usize> Send for Mapped<T, N> {}
 
 /// The steps of one walk, in walk order (so with non-decreasing `sp`
 /// after the first).
@@ -321,6 +344,68 @@ impl Piece {
     }
 }
 
+/// Where the frame pointer comes from, as [`Memo::flatten`] follows it
+/// through a walk.
+#[derive(Clone, Copy)]
+enum FpFrom {
+    /// The registers the walk starts with.
+    Start,
+    /// The stack word at this address (a step copied it).
+    Word(u64),
+    /// This value (a step that used it set it).
+    Value(u64),
+}
+
+/// The checks of the last walk's first steps, all at once.
+///
+/// Step by step, a replay reads each step's words and branches on them
+/// before the next step. Samples are far apart, and by the next one the
+/// outer frames' words have usually left the caches: the reads then wait
+/// on memory nearly one after the other (about 90 of a window sample's
+/// ~165 ns went there). Flattened, the checks of the steps chained from
+/// the first are one list of stack words and the values they must hold,
+/// read by one loop without a branch ([`Stack::holds`]), so the reads
+/// overlap; the steps they cover then replay without checks
+/// ([`Step::pass`]).
+///
+/// A step's words are all in the list but the one it copies the frame
+/// pointer from. A step that uses the frame pointer adds where that comes
+/// from: the word an earlier step copied it from (with the value the step
+/// needs), or the frame pointer the walk starts with ([`Flat::fp`]); one
+/// set by an earlier step to another value than the step needs ends the
+/// steps covered, as would a step not chained.
+struct Flat {
+    words: Words,
+    len: usize,
+    /// The steps covered: the last walk's first `steps`.
+    steps: usize,
+    /// The frame pointer a walk must start with, if a covered step uses
+    /// that one.
+    fp: Option<u64>,
+    /// The lowest address of a word, and the end of the highest.
+    lo: u64,
+    end: u64,
+}
+
+impl Flat {
+    /// How many of the last walk's first steps replay without checks for a
+    /// walk that starts at its first step (same frame, `sp` and `ip`/`lr`)
+    /// with frame pointer `fp` on `stack`: all those covered if every word
+    /// holds its value, else none.
+    fn trusted(&self, stack: &Stack, fp: u64) -> usize {
+        if self.steps == 0 || self.fp.is_some_and(|f| f != fp) {
+            return 0;
+        }
+        // SAFETY: `Memo::flatten` took `lo` and `end` over these words,
+        // each read by a step with `Stack::read`, which reads only
+        // 8-aligned words.
+        match unsafe { stack.holds(&self.words[..self.len], self.lo, self.end) } {
+            Some(true) => self.steps,
+            _ => 0,
+        }
+    }
+}
+
 /// Runs a walk is remembered in; a walk of more is remembered by its
 /// unwound steps only.
 const PIECES: usize = 4;
@@ -340,6 +425,8 @@ pub(super) struct Memo {
     npieces: usize,
     /// Where in the last walk the next search starts.
     cursor: usize,
+    /// The last walk's checks, flattened.
+    flat: Flat,
     /// Steps replayed and unwound since the slot was made (the slot
     /// publishes them to `Stats`).
     pub(super) replayed: u64,
@@ -363,16 +450,17 @@ pub(super) enum Replay {
 impl Memo {
     /// Empty walks (their steps mapped, about 52 KB), never on the stack.
     pub(super) fn new() -> Box<Memo> {
-        Memo::with([Steps::new(), Steps::new(), Steps::new()])
+        let steps = || Steps::new(NO_STEP);
+        Memo::with([steps(), steps(), steps()], Words::new((0, 0)))
     }
 
     /// A memo with no room, for caches used for one walk only: it maps
     /// nothing and remembers nothing (as a memo whose mappings failed).
     pub(super) fn forgetful() -> Box<Memo> {
-        Memo::with([Steps::NONE, Steps::NONE, Steps::NONE])
+        Memo::with([Steps::NONE, Steps::NONE, Steps::NONE], Words::NONE)
     }
 
-    fn with([last, staged, spare]: [Steps; 3]) -> Box<Memo> {
+    fn with([last, staged, spare]: [Steps; 3], words: Words) -> Box<Memo> {
         Box::new(Memo {
             last: Walk::new(last),
             staged: Walk::new(staged),
@@ -380,6 +468,14 @@ impl Memo {
             pieces: [Piece::Unwound(0, 0); PIECES],
             npieces: 0,
             cursor: 0,
+            flat: Flat {
+                words,
+                len: 0,
+                steps: 0,
+                fp: None,
+                lo: 0,
+                end: 0,
+            },
             replayed: 0,
             unwound: 0,
         })
@@ -431,8 +527,15 @@ impl Memo {
             for i in 0..self.last.len {
                 self.last.link(i);
             }
+            self.flatten();
             return;
         };
+        if let [Piece::Replayed(0, n)] = *pieces {
+            if n == self.last.len {
+                // The whole last walk again: it stays, and so do its checks.
+                return;
+            }
+        }
         let mut at = 0;
         let mut in_place = true;
         for (k, piece) in pieces.iter().enumerate() {
@@ -454,6 +557,60 @@ impl Memo {
         } else {
             spare.lay_out(Some(last), staged, pieces);
             core::mem::swap(last, spare);
+        }
+        self.flatten();
+    }
+
+    /// Makes [`Memo::flat`] the checks of the last walk's steps chained
+    /// from its first, for as many as it has room for (see [`Flat`]).
+    fn flatten(&mut self) {
+        let Memo { last, flat, .. } = self;
+        (flat.len, flat.steps, flat.fp) = (0, 0, None);
+        (flat.lo, flat.end) = (u64::MAX, 0);
+        let mut from = FpFrom::Start;
+        for (i, step) in last.steps[..last.len].iter().enumerate() {
+            if i > 0 && !step.chained {
+                break;
+            }
+            let mut words = [(0, 0); READS + 1];
+            let mut n = 0;
+            if step.uses_fp {
+                match from {
+                    FpFrom::Start if flat.fp.is_none_or(|fp| fp == step.before[FP]) => {
+                        flat.fp = Some(step.before[FP])
+                    }
+                    FpFrom::Word(addr) => {
+                        words[n] = (addr, step.before[FP]);
+                        n += 1;
+                    }
+                    FpFrom::Value(fp) if fp == step.before[FP] => {}
+                    // The replay would stop here.
+                    _ => break,
+                }
+            }
+            let mut next = from;
+            for (k, &word) in step.reads[..step.nreads as usize].iter().enumerate() {
+                if step.fp_after == FpAfter::Word(k as u8) {
+                    next = FpFrom::Word(word.0);
+                } else {
+                    words[n] = word;
+                    n += 1;
+                }
+            }
+            if step.fp_after == FpAfter::Same {
+                next = FpFrom::Value(step.after[FP]);
+            }
+            let Some(room) = flat.words.get_mut(flat.len..flat.len + n) else {
+                break;
+            };
+            room.copy_from_slice(&words[..n]);
+            for &(addr, _) in &words[..n] {
+                flat.lo = flat.lo.min(addr);
+                flat.end = flat.end.max(addr.saturating_add(8));
+            }
+            flat.len += n;
+            flat.steps = i + 1;
+            from = next;
         }
     }
 
@@ -491,11 +648,17 @@ impl Memo {
             return Replay::NoMatch;
         };
         let (mut j, mut fp) = (first, before[FP]);
+        let trusted = match first {
+            0 => self.flat.trusted(stack, fp),
+            _ => 0,
+        };
         let stop = loop {
             let step = &old.steps[j];
             // A chained step starts where the one before ended but for the
             // frame pointer, compared here where it is used.
-            let fp_after = if step.uses_fp && step.before[FP] != fp {
+            let fp_after = if j < trusted {
+                step.pass(stack, fp)
+            } else if step.uses_fp && step.before[FP] != fp {
                 None
             } else {
                 step.check(stack, fp)
@@ -995,6 +1158,120 @@ mod tests {
             assert!(replay(&mut memo, &mem, regs(at(&mem, 0), 7, 0x1000)).1);
         }
         assert_eq!((memo.unwound, memo.replayed), (2, 0));
+    }
+
+    /// Walks from [`FRAME`] with `regs` on `mem` as a slot would: replays
+    /// what it can, unwinds the rest by `rule`, and remembers the walk.
+    fn walk(memo: &mut Memo, mem: &[u64], mut regs: UnwindRegsNative, rule: Rule) -> Vec<u64> {
+        let stack = stack_of(mem);
+        let mut pushed = Vec::new();
+        let mut frame = FRAME;
+        memo.begin(1);
+        loop {
+            match memo.replay(frame, &mut regs, &stack, |ret| {
+                pushed.push(ret);
+                true
+            }) {
+                Replay::Ended(_) | Replay::Full => break,
+                Replay::Diverged(at) => frame = at,
+                Replay::NoMatch => {}
+            }
+            // The stack's end is the end of the walk.
+            if key(&regs)[0] >= at(mem, mem.len()) {
+                break;
+            }
+            let (ret, after) = unwind(memo, &stack, frame, regs, rule, true);
+            pushed.push(ret);
+            let Some(next) = FrameAddress::from_return_address(ret) else {
+                break;
+            };
+            (frame, regs) = (next, after);
+        }
+        memo.end();
+        pushed
+    }
+
+    #[test]
+    fn a_walk_that_changed_is_checked_by_its_own_words() {
+        // Two frames, each with its return address at `sp`.
+        let mut mem = [0u64, 0x1500, 0, 0x2000];
+        let sp = at(&mem, 0);
+        let mut memo = remembered(&mem, 7, &[Rule::Sp { ret: 1 }; 2]);
+        assert_eq!(memo.flat.steps, 2);
+        assert_eq!(
+            replay(&mut memo, &mem, regs(sp, 7, 0x1000)).0,
+            [0x1500, 0x2000]
+        );
+        // The outer return address changes: the walk replays the first
+        // frame and unwinds the second.
+        mem[3] = 0x3000;
+        let pushed = walk(&mut memo, &mem, regs(sp, 7, 0x1000), Rule::Sp { ret: 1 });
+        assert_eq!(pushed, [0x1500, 0x3000]);
+        assert_eq!((memo.replayed, memo.unwound), (3, 3));
+        // And back: the last walk is that one, and its words are the ones
+        // checked now.
+        mem[3] = 0x2000;
+        let (pushed, unwind, _) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x1500], false));
+    }
+
+    /// Two chained steps, each reading its return address at `sp`: the
+    /// first leaves the frame pointer `after_first` and does not use it,
+    /// the second needs `needed` and uses it.
+    fn two_steps(mem: &[u64], after_first: u64, needed: u64) -> Box<Memo> {
+        let mut memo = Memo::new();
+        let step = |i: usize, fp: u64, uses_fp: bool, fp_after: u64| Step {
+            frame: match i {
+                0 => FRAME,
+                _ => FrameAddress::from_return_address(mem[2 * i - 1]).unwrap(),
+            },
+            before: [at(mem, 2 * i), fp, [0x1000, mem[1]][i]],
+            uses_fp,
+            fp_after: FpAfter::Same,
+            reads: [(at(mem, 2 * i + 1), mem[2 * i + 1]), (0, 0), (0, 0)],
+            nreads: 1,
+            chained: false,
+            ret: mem[2 * i + 1],
+            after: [at(mem, 2 * i + 2), fp_after, mem[2 * i + 1]],
+        };
+        memo.last.steps[0] = step(0, 7, false, after_first);
+        memo.last.steps[1] = step(1, needed, true, 9);
+        (memo.last.len, memo.last.list) = (2, 1);
+        memo.last.link(1);
+        assert!(memo.last.steps[1].chained);
+        memo.flatten();
+        memo
+    }
+
+    #[test]
+    fn a_flat_check_covers_steps_only_as_far_as_the_frame_pointer_agrees() {
+        let mem = [0u64, 0x1500, 0, 0x2000, 0];
+        let sp = at(&mem, 0);
+        let mut memo = two_steps(&mem, 50, 50);
+        assert_eq!(memo.flat.steps, 2);
+        assert_eq!(
+            replay(&mut memo, &mem, regs(sp, 7, 0x1000)).0,
+            [0x1500, 0x2000]
+        );
+        // The second step needs another frame pointer than the first
+        // leaves: a replay stops there.
+        let mut memo = two_steps(&mem, 50, 60);
+        assert_eq!(memo.flat.steps, 1);
+        let (pushed, unwind, after) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
+        assert_eq!((pushed, unwind, after[FP]), (vec![0x1500], false, 50));
+    }
+
+    #[test]
+    fn a_flat_check_covers_the_steps_chained_from_the_first() {
+        // The middle frame reads four words: not remembered, so the third
+        // does not follow the first.
+        let mem = [0u64, 0x1500, 1, 2, 3, 0x1600, 0, 0x2000, 0];
+        let sp = at(&mem, 0);
+        let rules = [Rule::Sp { ret: 1 }, Rule::FourWords, Rule::Sp { ret: 1 }];
+        let mut memo = remembered(&mem, 7, &rules);
+        assert_eq!((memo.last.len, memo.flat.steps), (2, 1));
+        let (pushed, unwind, _) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
+        assert_eq!((pushed, unwind), (vec![0x1500], false));
     }
 
     #[test]
