@@ -84,6 +84,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        unwind::warm_stack();
         warm_up(self.capacities.live, self.capacities.stacks);
         if let Some(weight) = sampler::decide(layout.size(), true) {
             if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks)
@@ -109,6 +110,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     unsafe fn realloc_slow(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        unwind::warm_stack();
         let grown = new_size - layout.size();
         if let Some(weight) = sampler::decide(grown, false) {
             // SAFETY: `realloc`'s caller guarantees `new_size` rounded to

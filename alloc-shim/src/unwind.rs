@@ -72,7 +72,7 @@ cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))] {
         mod hazard;
         mod linux;
-        pub(crate) use linux::{capture, kept, thread_stack_bounds, walked_frames, SUPPORTED};
+        pub(crate) use linux::{capture, kept, thread_stack_bounds, walked_frames, warm_stack, SUPPORTED};
         pub use linux::signal;
     } else {
         /// Stack capture is not implemented on this platform.
@@ -93,5 +93,7 @@ cfg_if::cfg_if! {
         pub(crate) fn walked_frames() -> (u64, u64) {
             (0, 0)
         }
+
+        pub(crate) fn warm_stack() {}
     }
 }

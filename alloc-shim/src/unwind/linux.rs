@@ -199,6 +199,55 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
     (out.n, out.truncated)
 }
 
+/// Bytes of stack above the caller that [`warm_stack`] asks the caches for.
+const WARM_BYTES: usize = 4096;
+
+/// Starts loading the stack above the caller into the caches for the walk
+/// a sample is about to make, so that the loads overlap the sample's other
+/// work (deciding its weight, taking a cache slot) instead of following
+/// it. The outer frames' words were last read at the thread's last sample
+/// and are usually cold by then; the walk reads them one frame after the
+/// other, each read waiting on memory in turn (a sample in
+/// `alloc_overhead`'s window: 111 – 133 ns with this, 119 – 149 without,
+/// in alternated runs).
+///
+/// Only the first [`WARM_BYTES`] above the caller, up to the thread's
+/// stack top, once this thread's stack is known (after its first sample).
+/// A prefetch neither faults nor changes what any read returns.
+#[inline(always)]
+pub(crate) fn warm_stack() {
+    let Some((_, hi)) = crate::sampler::cached_stack_bounds() else {
+        return;
+    };
+    let here = 0u8;
+    let here = core::ptr::addr_of!(here) as usize;
+    let end = hi.min(here.saturating_add(WARM_BYTES));
+    let mut line = here & !63;
+    while line < end {
+        prefetch(line);
+        line += 64;
+    }
+}
+
+/// Asks for the cache line at `addr` to be loaded; never faults.
+#[inline(always)]
+fn prefetch(addr: usize) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: SSE, which `prefetcht0` needs, is part of x86_64; a prefetch
+    // is a hint: it reads no memory the program can observe, writes none,
+    // and does not fault on any address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(all(target_arch = "aarch64", not(miri)))]
+    // SAFETY: `prfm` is a hint, as above.
+    unsafe {
+        core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) addr, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(miri)]
+    let _ = addr;
+}
+
 /// Reads 8-byte words inside `[lo, hi)`; anything else (out of range,
 /// misaligned) is an error, so a broken frame chain ends the walk instead
 /// of reading wild memory.
