@@ -631,7 +631,7 @@ pub(crate) fn walked_frames() -> (u64, u64) {
 
 /// Empty caches for a pool slot, never on the stack: about 350 KB,
 /// framehop's entries and the tags on the heap, the remembered walks in
-/// mappings of their own (see `replay::Steps`).
+/// mappings of their own (see `replay::Mapped`).
 fn new_banks() -> Box<Banks> {
     banks_with(Memo::new())
 }

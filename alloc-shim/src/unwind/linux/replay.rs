@@ -37,12 +37,19 @@
 //! on or takes from that word, read again. A step that uses the frame
 //! pointer (a frame-pointer rule) is replayed only with the same one.
 //!
-//! A replayed frame costs a few compares and a load or two per word. The
-//! memory is fixed when the slot is made (no allocation here, so signal
-//! handlers replay too; 3 × 17 KB a slot, mapped apart from the program's
-//! heap, see [`Steps`]): [`STEPS`] steps for the last walk, as many for
-//! the steps the current walk unwinds, and as many again for laying out a
-//! walk that cannot be laid out in place ([`Memo::end`]).
+//! A replayed frame costs a few compares and a load or two per word. A
+//! walk that starts where the last one did checks the words of all the
+//! steps chained from there at once, in one loop without a branch, and
+//! then replays those steps without checking each ([`Flat`]): the stack
+//! words of outer frames are usually cold by the next sample, and read
+//! step by step they wait on memory one after the other.
+//!
+//! The memory is fixed when the slot is made (no allocation here, so
+//! signal handlers replay too; 3 × 17 KB and 8.5 KB a slot, mapped apart
+//! from the program's heap, see [`Mapped`]): [`STEPS`] steps for the last
+//! walk, as many for the steps the current walk unwinds, as many again
+//! for laying out a walk that cannot be laid out in place ([`Memo::end`]),
+//! and the last walk's flattened checks.
 //! A step that read more than [`READS`] words, or failed a read, is not
 //! remembered.
 
@@ -448,7 +455,8 @@ pub(super) enum Replay {
 }
 
 impl Memo {
-    /// Empty walks (their steps mapped, about 52 KB), never on the stack.
+    /// Empty walks (their steps and checks mapped, about 61 KB), never on
+    /// the stack.
     pub(super) fn new() -> Box<Memo> {
         let steps = || Steps::new(NO_STEP);
         Memo::with([steps(), steps(), steps()], Words::new((0, 0)))
