@@ -60,6 +60,8 @@ pub mod stacks;
 mod storage;
 #[cfg(not(loom))]
 mod sys;
+#[cfg(all(test, not(loom)))]
+mod testing;
 #[cfg(not(loom))]
 mod unwind;
 

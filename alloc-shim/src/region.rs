@@ -460,6 +460,7 @@ mod tests {
     //! installed here).
 
     use super::*;
+    use crate::testing::Rng;
     use std::collections::BTreeMap;
     use std::sync::{Mutex, MutexGuard};
 
@@ -467,18 +468,6 @@ mod tests {
 
     fn lock() -> MutexGuard<'static, ()> {
         LOCK.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// xorshift64*: picks operations reproducibly.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-        }
     }
 
     /// A block the test holds: where it is, what is in it.

@@ -205,15 +205,19 @@ const WARM_BYTES: usize = 4096;
 /// Starts loading the stack above the caller into the caches for the walk
 /// a sample is about to make, so that the loads overlap the sample's other
 /// work (deciding its weight, taking a cache slot) instead of following
-/// it. The outer frames' words were last read at the thread's last sample
-/// and are usually cold by then; the walk reads them one frame after the
-/// other, each read waiting on memory in turn (a sample in
+/// it. The walk reads its frames' words one frame after the other; those
+/// it replays were last read at the thread's last sample and, when the
+/// program touched much memory since, are cold by then (a sample in
 /// `alloc_overhead`'s window: 111 – 133 ns with this, 119 – 149 without,
 /// in alternated runs).
 ///
 /// Only the first [`WARM_BYTES`] above the caller, up to the thread's
-/// stack top, once this thread's stack is known (after its first sample).
-/// A prefetch neither faults nor changes what any read returns.
+/// stack top, once this thread's stack is known (after its first sample):
+/// all of a shallow stack, the innermost frames of a deep one (whose outer
+/// frames are not reached). Also on a slow path that then takes no sample
+/// (sampling off, or the thread already inside the sampler): 64
+/// prefetches at most, once per crossing of the thread's countdown. A
+/// prefetch neither faults nor changes what any read returns.
 #[inline(always)]
 pub(crate) fn warm_stack() {
     let Some((_, hi)) = crate::sampler::cached_stack_bounds() else {
@@ -629,9 +633,9 @@ pub(crate) fn walked_frames() -> (u64, u64) {
     (count(0), count(1) + UNPOOLED_FRAMES.load(Ordering::Relaxed))
 }
 
-/// Empty caches for a pool slot, never on the stack: about 350 KB,
+/// Empty caches for a pool slot, never on the stack: about 370 KB,
 /// framehop's entries and the tags on the heap, the remembered walks in
-/// mappings of their own (see `replay::Mapped`).
+/// mappings of their own (see `replay::Room`).
 fn new_banks() -> Box<Banks> {
     banks_with(Memo::new())
 }
@@ -1365,14 +1369,9 @@ mod tests {
     fn replayed_walks_equal_unwound_ones_on_random_paths() {
         with_current_modules(|modules| {
             let (mut kept, mut fresh) = (new_banks(), new_banks());
-            // xorshift64 with a fixed seed: the same paths every run.
-            let mut x = 0x9E37_79B9_7F4A_7C15u64;
-            let mut next = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
+            // A fixed seed: the same paths every run.
+            let mut rng = crate::testing::Rng(0x9E37_79B9_7F4A_7C15);
+            let mut next = move || rng.next();
             let mut differ = 0;
             for round in 0..400 {
                 // Short paths vary at every depth; long ones reach past the

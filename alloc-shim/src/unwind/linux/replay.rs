@@ -37,19 +37,20 @@
 //! on or takes from that word, read again. A step that uses the frame
 //! pointer (a frame-pointer rule) is replayed only with the same one.
 //!
-//! A replayed frame costs a few compares and a load or two per word. A
-//! walk that starts where the last one did checks the words of all the
-//! steps chained from there at once, in one loop without a branch, and
-//! then replays those steps without checking each ([`Flat`]): the stack
-//! words of outer frames are usually cold by the next sample, and read
-//! step by step they wait on memory one after the other.
+//! A replayed frame costs a few compares and a load or two per word. Once
+//! a walk has repeated the last one, a walk that starts where they did
+//! checks the words of the steps chained from there (as far as the frame
+//! pointer's flow through them is known) at once, in one loop without a
+//! branch, and then replays those steps without checking each ([`Flat`]):
+//! the stack words of outer frames are usually cold by the next sample,
+//! and read step by step they wait on memory one after the other.
 //!
 //! The memory is fixed when the slot is made (no allocation here, so
-//! signal handlers replay too; 3 × 17 KB and 8.5 KB a slot, mapped apart
-//! from the program's heap, see [`Mapped`]): [`STEPS`] steps for the last
-//! walk, as many for the steps the current walk unwinds, as many again
-//! for laying out a walk that cannot be laid out in place ([`Memo::end`]),
-//! and the last walk's flattened checks.
+//! signal handlers replay too; 3 × 20 KiB and 12 KiB a slot in pages,
+//! mapped apart from the program's heap, see [`Room`]): [`STEPS`] steps
+//! for the last walk, as many for the steps the current walk unwinds, as
+//! many again for laying out a walk that cannot be laid out in place
+//! ([`Memo::end`]), and the last walk's flattened checks.
 //! A step that read more than [`READS`] words, or failed a read, is not
 //! remembered.
 
@@ -207,20 +208,20 @@ impl Step {
 /// jemalloc splits and merges them. The `alloc_overhead` window (a ring
 /// with 64 KiB blocks) measured 1.30 instead of 1.04 that way, with
 /// sampling off, in one build and not in another.
-struct Mapped<T: Copy, const N: usize>(Option<NonNull<T>>);
+struct Room<T: Copy, const N: usize>(Option<NonNull<T>>);
 
 /// The steps of a walk.
-type Steps = Mapped<Step, STEPS>;
+type Steps = Room<Step, STEPS>;
 
 /// The words of a walk's [`Flat`] check.
-type Words = Mapped<Word, FLAT_WORDS>;
+type Words = Room<Word, FLAT_WORDS>;
 
-impl<T: Copy, const N: usize> Mapped<T, N> {
+impl<T: Copy, const N: usize> Room<T, N> {
     /// The bytes of the mapping.
     const BYTES: usize = N * core::mem::size_of::<T>();
 
     /// No room.
-    const NONE: Self = Mapped(None);
+    const NONE: Self = Room(None);
 
     /// `N` copies of `fill`, or no room when the mapping fails.
     fn new(fill: T) -> Self {
@@ -234,11 +235,11 @@ impl<T: Copy, const N: usize> Mapped<T, N> {
             // or a `Word`).
             unsafe { first.add(i).write(fill) };
         }
-        Mapped(Some(first))
+        Room(Some(first))
     }
 }
 
-impl<T: Copy, const N: usize> Deref for Mapped<T, N> {
+impl<T: Copy, const N: usize> Deref for Room<T, N> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
@@ -250,7 +251,7 @@ impl<T: Copy, const N: usize> Deref for Mapped<T, N> {
     }
 }
 
-impl<T: Copy, const N: usize> DerefMut for Mapped<T, N> {
+impl<T: Copy, const N: usize> DerefMut for Room<T, N> {
     fn deref_mut(&mut self) -> &mut [T] {
         match self.0 {
             // SAFETY: as in `deref`, and `&mut self` is the only access.
@@ -260,19 +261,19 @@ impl<T: Copy, const N: usize> DerefMut for Mapped<T, N> {
     }
 }
 
-impl<T: Copy, const N: usize> Drop for Mapped<T, N> {
+impl<T: Copy, const N: usize> Drop for Room<T, N> {
     fn drop(&mut self) {
         if let Some(first) = self.0 {
-            // SAFETY: the mapping was made by `Mapped::new` and nothing
+            // SAFETY: the mapping was made by `Room::new` and nothing
             // borrows it past `self`.
             unsafe { sys::unmap(first.cast(), Self::BYTES) };
         }
     }
 }
 
-// SAFETY: `Mapped` owns its mapping like a `Box<[T]>` owns its memory, and
+// SAFETY: `Room` owns its mapping like a `Box<[T]>` owns its memory, and
 // holds only `Copy` plain data (steps and words: integers).
-unsafe impl<T: Copy + Send, const N: usize> Send for Mapped<T, N> {}
+unsafe impl<T: Copy + Send, const N: usize> Send for Room<T, N> {}
 
 /// The steps of one walk, in walk order (so with non-decreasing `sp`
 /// after the first).
@@ -359,7 +360,8 @@ enum FpFrom {
     Start,
     /// The stack word at this address (a step copied it).
     Word(u64),
-    /// This value (a step that used it set it).
+    /// This value (a step whose frame pointer after it is always the
+    /// same, [`FpAfter::Same`], set it).
     Value(u64),
 }
 
@@ -374,6 +376,12 @@ enum FpFrom {
 /// read by one loop without a branch ([`Stack::holds`]), so the reads
 /// overlap; the steps they cover then replay without checks
 /// ([`Step::pass`]).
+///
+/// Flattening costs a few nanoseconds a step, so it is done only for a
+/// walk that repeats: when a walk replayed the whole last walk and the
+/// list is not that walk's yet ([`Memo::end`]). A walk that changed the
+/// last one forgets the list; a program whose samples differ at every walk
+/// never builds one.
 ///
 /// A step's words are all in the list but the one it copies the frame
 /// pointer from. A step that uses the frame pointer adds where that comes
@@ -392,9 +400,17 @@ struct Flat {
     /// The lowest address of a word, and the end of the highest.
     lo: u64,
     end: u64,
+    /// Whether the list is not (yet) the last walk's: then it covers no
+    /// step.
+    stale: bool,
 }
 
 impl Flat {
+    /// Covers no step until the last walk is flattened again.
+    fn forget(&mut self) {
+        (self.len, self.steps, self.fp, self.stale) = (0, 0, None, true);
+    }
+
     /// How many of the last walk's first steps replay without checks for a
     /// walk that starts at its first step (same frame, `sp` and `ip`/`lr`)
     /// with frame pointer `fp` on `stack`: all those covered if every word
@@ -438,6 +454,8 @@ pub(super) struct Memo {
     /// publishes them to `Stats`).
     pub(super) replayed: u64,
     pub(super) unwound: u64,
+    /// Of the steps replayed, those a flat check covered (not published).
+    trusted: u64,
 }
 
 /// How a [`Memo::replay`] stopped.
@@ -455,8 +473,8 @@ pub(super) enum Replay {
 }
 
 impl Memo {
-    /// Empty walks (their steps and checks mapped, about 61 KB), never on
-    /// the stack.
+    /// Empty walks (their steps and checks mapped: 72 KiB of pages),
+    /// never on the stack.
     pub(super) fn new() -> Box<Memo> {
         let steps = || Steps::new(NO_STEP);
         Memo::with([steps(), steps(), steps()], Words::new((0, 0)))
@@ -483,9 +501,11 @@ impl Memo {
                 fp: None,
                 lo: 0,
                 end: 0,
+                stale: true,
             },
             replayed: 0,
             unwound: 0,
+            trusted: 0,
         })
     }
 
@@ -535,12 +555,16 @@ impl Memo {
             for i in 0..self.last.len {
                 self.last.link(i);
             }
-            self.flatten();
+            self.flat.forget();
             return;
         };
         if let [Piece::Replayed(0, n)] = *pieces {
             if n == self.last.len {
-                // The whole last walk again: it stays, and so do its checks.
+                // The whole last walk again: it stays, and a walk that
+                // repeats is worth flattening (once).
+                if self.flat.stale {
+                    self.flatten();
+                }
                 return;
             }
         }
@@ -566,14 +590,15 @@ impl Memo {
             spare.lay_out(Some(last), staged, pieces);
             core::mem::swap(last, spare);
         }
-        self.flatten();
+        self.flat.forget();
     }
 
     /// Makes [`Memo::flat`] the checks of the last walk's steps chained
     /// from its first, for as many as it has room for (see [`Flat`]).
     fn flatten(&mut self) {
         let Memo { last, flat, .. } = self;
-        (flat.len, flat.steps, flat.fp) = (0, 0, None);
+        flat.forget();
+        flat.stale = false;
         (flat.lo, flat.end) = (u64::MAX, 0);
         let mut from = FpFrom::Start;
         for (i, step) in last.steps[..last.len].iter().enumerate() {
@@ -582,10 +607,11 @@ impl Memo {
             }
             let mut words = [(0, 0); READS + 1];
             let mut n = 0;
+            let mut start_fp = flat.fp;
             if step.uses_fp {
                 match from {
                     FpFrom::Start if flat.fp.is_none_or(|fp| fp == step.before[FP]) => {
-                        flat.fp = Some(step.before[FP])
+                        start_fp = Some(step.before[FP])
                     }
                     FpFrom::Word(addr) => {
                         words[n] = (addr, step.before[FP]);
@@ -618,6 +644,7 @@ impl Memo {
             }
             flat.len += n;
             flat.steps = i + 1;
+            flat.fp = start_fp;
             from = next;
         }
     }
@@ -692,6 +719,7 @@ impl Memo {
             set_key(regs, after);
             self.note(Piece::Replayed(first, j));
             self.replayed += (j - first) as u64;
+            self.trusted += j.min(trusted) as u64;
         }
         self.cursor = j;
         stop
@@ -837,6 +865,7 @@ impl Recorder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Rng;
 
     /// A stack made of `mem`, which outlives the reader in each test.
     fn stack_of(mem: &[u64]) -> Stack {
@@ -878,6 +907,9 @@ mod tests {
         /// when that cannot be read (as framehop's DWARF evaluation passes
         /// over such a read).
         SpRestoringFpLeniently { ret: u64 },
+        /// As `Sp`, having read word `word` from `sp` too (and done
+        /// nothing with it).
+        SpAndWord { ret: u64, word: u64 },
     }
 
     /// Unwinds one step by `rule`, as framehop would.
@@ -912,6 +944,10 @@ mod tests {
                     return None;
                 }
                 (ret, fp + 16, caller)
+            }
+            Rule::SpAndWord { ret, word } => {
+                read(sp + 8 * word).ok()?;
+                (read(sp + 8 * ret).ok()?, sp + 8 * (ret + 1), fp)
             }
             Rule::SpRestoringFpLeniently { ret } => {
                 let r = read(sp + 8 * ret).ok()?;
@@ -1170,17 +1206,40 @@ mod tests {
 
     /// Walks from [`FRAME`] with `regs` on `mem` as a slot would: replays
     /// what it can, unwinds the rest by `rule`, and remembers the walk.
-    fn walk(memo: &mut Memo, mem: &[u64], mut regs: UnwindRegsNative, rule: Rule) -> Vec<u64> {
-        let stack = stack_of(mem);
+    fn walk(memo: &mut Memo, mem: &[u64], regs: UnwindRegsNative, rule: Rule) -> Vec<u64> {
+        walk_with(memo, mem, &stack_of(mem), regs, &|_| rule, usize::MAX, true).0
+    }
+
+    /// [`walk`] on `stack`, each frame unwound by the rule `rule_of` picks
+    /// for it, giving at most `limit` return addresses; without flat checks
+    /// unless `flat`. The return addresses and the registers it ended with.
+    fn walk_with(
+        memo: &mut Memo,
+        mem: &[u64],
+        stack: &Stack,
+        mut regs: UnwindRegsNative,
+        rule_of: &dyn Fn(FrameAddress) -> Rule,
+        limit: usize,
+        flat: bool,
+    ) -> (Vec<u64>, Key) {
         let mut pushed = Vec::new();
         let mut frame = FRAME;
         memo.begin(1);
-        loop {
-            match memo.replay(frame, &mut regs, &stack, |ret| {
+        // Frame-pointer rules may move `sp` down: a cap, not the stack's
+        // end, ends such a walk.
+        for _ in 0..2 * mem.len() {
+            if !flat {
+                memo.flat.forget();
+            }
+            match memo.replay(frame, &mut regs, stack, |ret| {
                 pushed.push(ret);
-                true
+                pushed.len() <= limit
             }) {
-                Replay::Ended(_) | Replay::Full => break,
+                Replay::Ended(_) => break,
+                Replay::Full => {
+                    pushed.pop();
+                    break;
+                }
                 Replay::Diverged(at) => frame = at,
                 Replay::NoMatch => {}
             }
@@ -1188,39 +1247,185 @@ mod tests {
             if key(&regs)[0] >= at(mem, mem.len()) {
                 break;
             }
-            let (ret, after) = unwind(memo, &stack, frame, regs, rule, true);
-            pushed.push(ret);
-            let Some(next) = FrameAddress::from_return_address(ret) else {
+            let rule = rule_of(frame);
+            let mut recorder = memo.recorder(stack, frame, &regs);
+            let mut after = regs;
+            let ret = exec(rule, &mut after, &mut |a| recorder.read(a));
+            recorder.finish(ret, &after, |tried, words| {
+                exec(rule, tried, &mut |a| lookup(words, a))
+            });
+            let Some(next) = ret.and_then(FrameAddress::from_return_address) else {
                 break;
             };
+            if pushed.len() == limit {
+                break;
+            }
+            pushed.push(next.address());
             (frame, regs) = (next, after);
         }
         memo.end();
-        pushed
+        (pushed, key(&regs))
     }
 
     #[test]
-    fn a_walk_that_changed_is_checked_by_its_own_words() {
+    fn flat_checks_replay_what_step_by_step_checks_do() {
+        const W: usize = 64;
+        let rules = [
+            Rule::Sp { ret: 1 },
+            Rule::SpRestoringFp { ret: 2, fp: 1 },
+            Rule::Fp,
+            Rule::FpChecked,
+            Rule::SpRestoringFpLeniently { ret: 1 },
+            Rule::SpAndWord { ret: 1, word: 0 },
+        ];
+        let rule_of = |frame: FrameAddress| rules[(frame.address() >> 4) as usize % rules.len()];
+        let mut rng = Rng(0xF1A7_C4EC);
+        let (mut walks, mut trusted, mut replayed) = (0, 0, 0);
+        for _ in 0..2_000 {
+            let mut mem = [0u64; W];
+            let base = at(&mem, 0);
+            // Return addresses (each picks a rule), addresses above in
+            // the stack (saved frame pointers), small numbers.
+            let word = |rng: &mut Rng, i: usize| match rng.below(5) {
+                0 | 1 => 0x1001 + 0x10 * rng.below(12),
+                2 | 3 => base + 8 * (i as u64 + 1 + rng.below(6)).min(W as u64 - 1),
+                _ => rng.below(3),
+            };
+            for (i, w) in mem.iter_mut().enumerate() {
+                *w = word(&mut rng, i);
+            }
+            let (mut flat, mut checked) = (Memo::new(), Memo::new());
+            let (mut sp, mut fp, mut limit, mut lo) = (at(&mem, 0), 7, usize::MAX, 0);
+            for _ in 0..12 {
+                // Half the walks repeat the one before. In the others a
+                // few words change, and where the walk starts, its frame
+                // pointer, its depth or its stack may.
+                if rng.chance(50) {
+                    for _ in 0..rng.below(3) {
+                        let i = rng.below(W as u64) as usize;
+                        mem[i] = word(&mut rng, i);
+                    }
+                    sp = at(&mem, rng.below(2) as usize);
+                    fp = [7, at(&mem, 2), at(&mem, 4), word(&mut rng, 0)][rng.below(4) as usize];
+                    limit = match rng.chance(20) {
+                        true => rng.below(8) as usize,
+                        false => usize::MAX,
+                    };
+                    lo = if rng.chance(10) { 2 } else { 0 };
+                }
+                let lo = at(&mem, lo) as usize;
+                // SAFETY: inside `mem`, which outlives the reader.
+                let stack = unsafe { Stack::new(lo, at(&mem, W) as usize) };
+                let regs = regs(sp, fp, 0x1000);
+                let a = walk_with(&mut flat, &mem, &stack, regs, &rule_of, limit, true);
+                let b = walk_with(&mut checked, &mem, &stack, regs, &rule_of, limit, false);
+                assert_eq!(a, b);
+                assert_eq!(
+                    (flat.replayed, flat.unwound),
+                    (checked.replayed, checked.unwound)
+                );
+                walks += 1;
+            }
+            assert_eq!(checked.trusted, 0);
+            (trusted, replayed) = (trusted + flat.trusted, replayed + flat.replayed);
+        }
+        // Not vacuous: flat checks covered many of the steps replayed.
+        assert!(
+            trusted > replayed / 4,
+            "{trusted} of {replayed} steps replayed on flat checks, {walks} walks"
+        );
+    }
+
+    #[test]
+    fn a_walk_that_repeats_is_checked_at_once_and_a_change_forgets_it() {
         // Two frames, each with its return address at `sp`.
         let mut mem = [0u64, 0x1500, 0, 0x2000];
         let sp = at(&mem, 0);
-        let mut memo = remembered(&mem, 7, &[Rule::Sp { ret: 1 }; 2]);
-        assert_eq!(memo.flat.steps, 2);
+        let rule = Rule::Sp { ret: 1 };
+        let mut memo = Memo::new();
+        for _ in 0..2 {
+            assert_eq!(
+                walk(&mut memo, &mem, regs(sp, 7, 0x1000), rule),
+                [0x1500, 0x2000]
+            );
+        }
+        // Flattened when it repeated; covered from the third walk on.
+        assert_eq!((memo.flat.steps, memo.trusted), (2, 0));
         assert_eq!(
-            replay(&mut memo, &mem, regs(sp, 7, 0x1000)).0,
+            walk(&mut memo, &mem, regs(sp, 7, 0x1000), rule),
             [0x1500, 0x2000]
         );
+        assert_eq!((memo.replayed, memo.unwound, memo.trusted), (4, 2, 2));
         // The outer return address changes: the walk replays the first
-        // frame and unwinds the second.
+        // frame (checked) and unwinds the second.
         mem[3] = 0x3000;
-        let pushed = walk(&mut memo, &mem, regs(sp, 7, 0x1000), Rule::Sp { ret: 1 });
-        assert_eq!(pushed, [0x1500, 0x3000]);
-        assert_eq!((memo.replayed, memo.unwound), (3, 3));
-        // And back: the last walk is that one, and its words are the ones
-        // checked now.
+        assert_eq!(
+            walk(&mut memo, &mem, regs(sp, 7, 0x1000), rule),
+            [0x1500, 0x3000]
+        );
+        assert_eq!((memo.replayed, memo.unwound, memo.trusted), (5, 3, 2));
+        // And back: the last walk is that one, its words are checked.
         mem[3] = 0x2000;
         let (pushed, unwind, _) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
         assert_eq!((pushed, unwind), (vec![0x1500], false));
+    }
+
+    #[test]
+    fn a_walk_laid_out_from_its_unwound_steps_forgets_the_flat_check() {
+        // Nine frames, each reading a word at `sp` and its return address
+        // above it.
+        let mut mem = [0u64; 18];
+        for i in 0..9 {
+            mem[2 * i] = 100 + i as u64;
+            mem[2 * i + 1] = 0x1500 + 0x100 * i as u64;
+        }
+        let sp = at(&mem, 0);
+        let rule = Rule::SpAndWord { ret: 1, word: 0 };
+        let mut memo = Memo::new();
+        for _ in 0..2 {
+            walk(&mut memo, &mem, regs(sp, 7, 0x1000), rule);
+        }
+        assert_eq!(memo.flat.steps, 9);
+        // Every other frame's word changes: runs of unwound and replayed
+        // steps, more than a walk is laid out from, so only the unwound
+        // steps are remembered.
+        for i in (0..9).step_by(2) {
+            mem[2 * i] += 1000;
+        }
+        assert_eq!(walk(&mut memo, &mem, regs(sp, 7, 0x1000), rule).len(), 9);
+        assert_eq!(memo.last.len, 5);
+        // The words of the walk before hold again; the step at the first
+        // frame is now the one just unwound, whose word does not.
+        for i in (0..9).step_by(2) {
+            mem[2 * i] -= 1000;
+        }
+        let (pushed, unwind, _) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
+        assert_eq!((pushed, unwind), (vec![], true));
+    }
+
+    #[test]
+    fn a_flat_check_reads_only_inside_the_stack() {
+        let mem = [0u64, 0x1500, 0, 0x2000];
+        let sp = at(&mem, 0);
+        let rule = Rule::Sp { ret: 1 };
+        let mut memo = Memo::new();
+        for _ in 0..2 {
+            walk(&mut memo, &mem, regs(sp, 7, 0x1000), rule);
+        }
+        assert_eq!(memo.flat.steps, 2);
+        // A stack that ends after the first frame's words: the second
+        // frame's return address cannot be read, so it is not replayed.
+        // SAFETY: `mem` outlives the reader.
+        let stack = unsafe { Stack::new(sp as usize, at(&mem, 2) as usize) };
+        let mut pushed = Vec::new();
+        let mut regs = regs(sp, 7, 0x1000);
+        memo.begin(1);
+        let stop = memo.replay(FRAME, &mut regs, &stack, |ret| {
+            pushed.push(ret);
+            true
+        });
+        assert!(matches!(stop, Replay::Diverged(_)));
+        assert_eq!(pushed, [0x1500]);
     }
 
     /// Two chained steps, each reading its return address at `sp`: the
@@ -1277,6 +1482,7 @@ mod tests {
         let sp = at(&mem, 0);
         let rules = [Rule::Sp { ret: 1 }, Rule::FourWords, Rule::Sp { ret: 1 }];
         let mut memo = remembered(&mem, 7, &rules);
+        memo.flatten();
         assert_eq!((memo.last.len, memo.flat.steps), (2, 1));
         let (pushed, unwind, _) = replay(&mut memo, &mem, regs(sp, 7, 0x1000));
         assert_eq!((pushed, unwind), (vec![0x1500], false));
