@@ -36,6 +36,39 @@ mod window;
 #[global_allocator]
 static GLOBAL: SamplingAllocator = SamplingAllocator::new(Jemalloc);
 
+/// Bytes of padding in this program's code, from `FERROPROF_LAYOUT_PAD` at
+/// build time (0 without it).
+const PAD: usize = match option_env!("FERROPROF_LAYOUT_PAD") {
+    Some(pad) => parse(pad),
+    None => 0,
+};
+
+/// `s` as a decimal number, at compile time (a build with a bad value
+/// fails).
+const fn parse(s: &str) -> usize {
+    let (bytes, mut n, mut i) = (s.as_bytes(), 0, 0);
+    while i < bytes.len() {
+        assert!(
+            bytes[i].is_ascii_digit(),
+            "FERROPROF_LAYOUT_PAD: not a number"
+        );
+        n = n * 10 + (bytes[i] - b'0') as usize;
+        i += 1;
+    }
+    n
+}
+
+/// Moves the code linked after this function (the allocators among it) by
+/// [`PAD`] bytes: see BENCHMARKS.md on measuring over code layouts.
+#[inline(never)]
+fn layout_pad() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: jumps over the padding; reads and writes nothing.
+    unsafe {
+        std::arch::asm!("jmp 2f", ".skip {pad}, 0xcc", "2:", pad = const PAD, options(nomem, nostack, preserves_flags));
+    }
+}
+
 static BARE: Jemalloc = Jemalloc;
 static WRAPPED: SamplingAllocator = SamplingAllocator::new(Jemalloc);
 
@@ -155,6 +188,7 @@ fn per_sample<A: GlobalAlloc>(ring: &mut Window<'_, A>, interval: u64) {
 }
 
 fn main() {
+    layout_pad();
     println!(
         "ns per operation, medians of {ROUNDS} interleaved bursts; interval {} B",
         ferroprof::alloc::sample_interval()

@@ -1,0 +1,43 @@
+#!/bin/sh
+# examples/alloc_overhead.rs over code layouts: one build and one run per
+# padding (FERROPROF_LAYOUT_PAD bytes placed before the benchmark loops,
+# the allocators' code and jemalloc's), then the median of each row over
+# the layouts. A ratio of two ~5 ns operations moves by several percent
+# with where the code lands against cache lines; one build is one draw of
+# that, the median over layouts is the number to quote (BENCHMARKS.md).
+#
+#   benches/alloc_overhead_layouts.sh            # 16 layouts, ~6 minutes
+#   PADS="0 64" benches/alloc_overhead_layouts.sh
+set -eu
+cd "$(dirname "$0")/.."
+pads=${PADS:-"0 16 32 48 64 80 96 112 128 144 160 176 192 208 224 240"}
+out=$(mktemp)
+rows=$(mktemp)
+trap 'rm -f "$out" "$rows"' EXIT
+printf '%6s %8s %8s %8s %8s %8s %8s\n' pad window off "A/A" "pair 16" "pair 64" "sample"
+for pad in $pads; do
+    FERROPROF_LAYOUT_PAD=$pad cargo build --quiet --release --example alloc_overhead
+    FERROPROF_LAYOUT_PAD=$pad ./target/release/examples/alloc_overhead > "$out"
+    awk -v pad="$pad" '
+        /^pair 16 B/        { p16 = $6 }
+        /^pair 64 B/        { p64 = $6 }
+        /^window 4096 live/ { w = $6 }
+        /sampling off/      { off = $5 }
+        /A\/A control/      { aa = $5 }
+        /per sample/        { s = $3 }
+        END { printf "%6s %8s %8s %8s %8s %8s %8s\n", pad, w, off, aa, p16, p64, s }
+    ' "$out" | tee -a "$rows"
+done
+awk '
+    { for (c = 2; c <= 7; c++) v[c, NR] = $c; n = NR }
+    END {
+        printf "%6s", "median"
+        for (c = 2; c <= 7; c++) {
+            for (i = 1; i <= n; i++) a[i] = v[c, i] + 0
+            # insertion sort: a handful of values
+            for (i = 2; i <= n; i++) { x = a[i]; j = i - 1; while (j > 0 && a[j] > x) { a[j + 1] = a[j]; j-- } a[j + 1] = x }
+            m = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            printf c < 7 ? " %8.3f" : " %8.0f", m
+        }
+        printf "\n"
+    }' "$rows"
