@@ -17,7 +17,7 @@ trap 'rm -f "$out" "$rows"' EXIT
 printf '%6s %8s %8s %8s %8s %8s %8s\n' pad window off "A/A" "pair 16" "pair 64" "sample"
 for pad in $pads; do
     FERROPROF_LAYOUT_PAD=$pad cargo build --quiet --release --example alloc_overhead
-    FERROPROF_LAYOUT_PAD=$pad ./target/release/examples/alloc_overhead > "$out"
+    FERROPROF_LAYOUT_PAD=$pad "${CARGO_TARGET_DIR:-target}/release/examples/alloc_overhead" > "$out"
     awk -v pad="$pad" '
         /^pair 16 B/        { p16 = $6 }
         /^pair 64 B/        { p64 = $6 }
