@@ -209,7 +209,7 @@ const WARM_BYTES: usize = 4096;
 /// it replays were last read at the thread's last sample and, when the
 /// program touched much memory since, are cold by then (a sample in
 /// `alloc_overhead`'s window: 111 – 133 ns with this, 119 – 149 without,
-/// in alternated runs).
+/// in alternated runs of one code layout each).
 ///
 /// Only the first [`WARM_BYTES`] above the caller, up to the thread's
 /// stack top, once this thread's stack is known (after its first sample):
