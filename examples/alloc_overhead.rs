@@ -43,6 +43,14 @@ const PAD: usize = match option_env!("FERROPROF_LAYOUT_PAD") {
     None => 0,
 };
 
+/// Bytes of padding at the start of the benchmark loops' functions, from
+/// `FERROPROF_LAYOUT_LOOP_PAD` at build time (0 without it): moves the
+/// loops without moving the allocators.
+const LOOP_PAD: usize = match option_env!("FERROPROF_LAYOUT_LOOP_PAD") {
+    Some(pad) => parse(pad),
+    None => 0,
+};
+
 /// `s` as a decimal number, at compile time (a build with a bad value
 /// fails).
 const fn parse(s: &str) -> usize {
@@ -50,7 +58,7 @@ const fn parse(s: &str) -> usize {
     while i < bytes.len() {
         assert!(
             bytes[i].is_ascii_digit(),
-            "FERROPROF_LAYOUT_PAD: not a number"
+            "FERROPROF_LAYOUT_PAD, FERROPROF_LAYOUT_LOOP_PAD: not a number"
         );
         n = n * 10 + (bytes[i] - b'0') as usize;
         i += 1;
@@ -69,6 +77,16 @@ fn layout_pad() {
     }
 }
 
+/// [`LOOP_PAD`] bytes where it is called, jumped over.
+#[inline(always)]
+fn loop_pad() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: jumps over the padding; reads and writes nothing.
+    unsafe {
+        std::arch::asm!("jmp 2f", ".skip {pad}, 0xcc", "2:", pad = const LOOP_PAD, options(nomem, nostack, preserves_flags));
+    }
+}
+
 static BARE: Jemalloc = Jemalloc;
 static WRAPPED: SamplingAllocator = SamplingAllocator::new(Jemalloc);
 
@@ -77,6 +95,7 @@ const ROUNDS: usize = 2000;
 /// Nanoseconds per alloc+free pair over `n` pairs.
 #[inline(never)]
 fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u32) -> f64 {
+    loop_pad();
     let start = Instant::now();
     for _ in 0..n {
         // SAFETY: `layout` has a non-zero size; the block is freed at once
@@ -93,6 +112,7 @@ fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u32) -> f64 {
 /// Nanoseconds per window step over `n` steps.
 #[inline(never)]
 fn steps<A: GlobalAlloc>(window: &mut Window<'_, A>, n: u32) -> f64 {
+    loop_pad();
     let start = Instant::now();
     for _ in 0..n {
         window.step();
