@@ -455,7 +455,7 @@ pub(super) struct Memo {
     pub(super) replayed: u64,
     pub(super) unwound: u64,
     /// Of the steps replayed, those a flat check covered (not published).
-    trusted: u64,
+    pub(super) trusted: u64,
 }
 
 /// How a [`Memo::replay`] stopped.
