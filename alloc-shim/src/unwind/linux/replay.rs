@@ -168,29 +168,30 @@ impl Step {
             && FrameAddress::from_return_address(prev.ret) == Some(self.frame)
     }
 
+    /// The words a replay compares: all the step read but the one it
+    /// copies the frame pointer from.
+    fn compared(&self) -> impl Iterator<Item = Word> + '_ {
+        let reads = self.reads[..self.nreads as usize].iter().enumerate();
+        reads
+            .filter(|&(k, _)| self.fp_after != FpAfter::Word(k as u8))
+            .map(|(_, &word)| word)
+    }
+
     /// The frame pointer after the step from `fp`, if the words it read
     /// still hold the same values (but the one it copies).
     fn check(&self, stack: &Stack, fp: u64) -> Option<u64> {
         let mut differ = 0;
-        let mut copied = self.after[FP];
-        for (k, &(addr, value)) in self.reads[..self.nreads as usize].iter().enumerate() {
-            let now = stack.read(addr).ok()?;
-            if self.fp_after == FpAfter::Word(k as u8) {
-                copied = now;
-            } else {
-                differ |= now ^ value;
-            }
+        for (addr, value) in self.compared() {
+            differ |= stack.read(addr).ok()? ^ value;
         }
-        (differ == 0).then_some(match self.fp_after {
-            FpAfter::Kept => fp,
-            FpAfter::Word(_) => copied,
-            FpAfter::Same => self.after[FP],
-        })
+        if differ != 0 {
+            return None;
+        }
+        self.pass(stack, fp)
     }
 
-    /// The frame pointer after the step from `fp`, its inputs known to
-    /// match (a [`Flat`] check covered it): [`Step::check`] without the
-    /// checks.
+    /// The frame pointer after the step from `fp`, its compared words known
+    /// to match ([`Step::check`], or a [`Flat`] check that covered it).
     fn pass(&self, stack: &Stack, fp: u64) -> Option<u64> {
         match self.fp_after {
             FpAfter::Kept => Some(fp),
@@ -622,18 +623,15 @@ impl Memo {
                     _ => break,
                 }
             }
-            let mut next = from;
-            for (k, &word) in step.reads[..step.nreads as usize].iter().enumerate() {
-                if step.fp_after == FpAfter::Word(k as u8) {
-                    next = FpFrom::Word(word.0);
-                } else {
-                    words[n] = word;
-                    n += 1;
-                }
+            for word in step.compared() {
+                words[n] = word;
+                n += 1;
             }
-            if step.fp_after == FpAfter::Same {
-                next = FpFrom::Value(step.after[FP]);
-            }
+            let next = match step.fp_after {
+                FpAfter::Kept => from,
+                FpAfter::Word(k) => FpFrom::Word(step.reads[k as usize].0),
+                FpAfter::Same => FpFrom::Value(step.after[FP]),
+            };
             let Some(room) = flat.words.get_mut(flat.len..flat.len + n) else {
                 break;
             };
@@ -1127,6 +1125,21 @@ mod tests {
         assert_eq!(pushed, [0x1500, 0x2000]);
         let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, at(&mem, 4), 0x1000));
         assert_eq!(pushed, [0x1500]);
+    }
+
+    #[test]
+    fn a_flat_check_follows_a_frame_pointer_copied_from_a_word() {
+        // Step 1 restores the frame pointer from word 1; step 2 uses it.
+        let mut mem = [0u64, 0, 0x1500, 0, 0, 99, 0x2000, 0];
+        mem[1] = at(&mem, 5);
+        let sp = at(&mem, 0);
+        let rules = [Rule::SpRestoringFp { ret: 2, fp: 1 }, Rule::Fp];
+        let mut memo = remembered(&mem, 7, &rules);
+        memo.flatten();
+        // Another frame pointer to start with: step 2 uses the one step 1
+        // copied, so the flat check covers both steps all the same.
+        let (pushed, _, _) = replay(&mut memo, &mem, regs(sp, 8, 0x1000));
+        assert_eq!((pushed, memo.trusted), (vec![0x1500, 0x2000], 2));
     }
 
     #[test]
