@@ -70,20 +70,16 @@ const fn parse(s: &str) -> usize {
 /// [`PAD`] bytes: see BENCHMARKS.md on measuring over code layouts.
 #[inline(never)]
 fn layout_pad() {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: jumps over the padding; reads and writes nothing.
-    unsafe {
-        std::arch::asm!("jmp 2f", ".skip {pad}, 0xcc", "2:", pad = const PAD, options(nomem, nostack, preserves_flags));
-    }
+    skip::<PAD>();
 }
 
-/// [`LOOP_PAD`] bytes where it is called, jumped over.
+/// `N` bytes of code where it is called, jumped over.
 #[inline(always)]
-fn loop_pad() {
+fn skip<const N: usize>() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: jumps over the padding; reads and writes nothing.
     unsafe {
-        std::arch::asm!("jmp 2f", ".skip {pad}, 0xcc", "2:", pad = const LOOP_PAD, options(nomem, nostack, preserves_flags));
+        std::arch::asm!("jmp 2f", ".skip {n}, 0xcc", "2:", n = const N, options(nomem, nostack, preserves_flags));
     }
 }
 
@@ -95,7 +91,7 @@ const ROUNDS: usize = 2000;
 /// Nanoseconds per alloc+free pair over `n` pairs.
 #[inline(never)]
 fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u32) -> f64 {
-    loop_pad();
+    skip::<LOOP_PAD>();
     let start = Instant::now();
     for _ in 0..n {
         // SAFETY: `layout` has a non-zero size; the block is freed at once
@@ -112,7 +108,7 @@ fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u32) -> f64 {
 /// Nanoseconds per window step over `n` steps.
 #[inline(never)]
 fn steps<A: GlobalAlloc>(window: &mut Window<'_, A>, n: u32) -> f64 {
-    loop_pad();
+    skip::<LOOP_PAD>();
     let start = Instant::now();
     for _ in 0..n {
         window.step();
