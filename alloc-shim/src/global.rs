@@ -113,7 +113,8 @@ pub struct Stats {
     /// Samples whose stack did not fit in the stack table (their totals are
     /// kept under the `[ferroprof: stack table full]` stack).
     pub stack_overflow_samples: u64,
-    /// Live sampled blocks now.
+    /// Live sampled blocks now, counted from the live table's slots (no
+    /// counter is kept for them on the sampled path).
     pub live_blocks: u32,
     /// Capacity of the live table.
     pub live_capacity: u32,
@@ -151,7 +152,9 @@ pub struct Stats {
     pub unwind_frames_unwound: u64,
 }
 
-/// Current statistics, without touching the stacks.
+/// Current statistics, without touching the stacks. Counting the live
+/// blocks reads one word per live-table slot ever used at once (see
+/// [`Stats::live_blocks`]), microseconds for thousands.
 pub fn stats() -> Stats {
     let c = &COUNTERS;
     let (reserved, committed, in_use, kept) = region::stats();

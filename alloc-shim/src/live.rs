@@ -66,7 +66,6 @@ pub struct LiveTable {
     /// Slots `[0, high)` have been handed out at least once.
     high: AtomicU32,
     free: AtomicU64,
-    live: AtomicU32,
 }
 
 impl LiveTable {
@@ -77,7 +76,6 @@ impl LiveTable {
             slots: ZeroedSlice::new(capacity as usize)?,
             high: AtomicU32::new(0),
             free: AtomicU64::new(0),
-            live: AtomicU32::new(0),
         })
     }
 
@@ -86,9 +84,21 @@ impl LiveTable {
         self.slots.len() as u32
     }
 
-    /// Records currently live.
+    /// Records currently live: the slots below the high-water mark whose
+    /// generation is odd. Counted by reading them, not kept in a counter,
+    /// so that `insert` and `remove` (once per sample each) share no
+    /// read-modify-write beyond the free stack's; a call reads one word
+    /// per slot ever used at once. Records inserted or removed meanwhile
+    /// may or may not be counted.
     pub fn len(&self) -> u32 {
-        self.live.load(Ordering::Relaxed)
+        // Acquire: as in `for_each`, slots below `high` are initialised.
+        let high = self.high.load(Ordering::Acquire) as usize;
+        let slots = &self.slots[..high.min(self.slots.len())];
+        // Relaxed: a count, nothing is read through it.
+        let live = slots
+            .iter()
+            .filter(|s| s.state.load(Ordering::Relaxed) % 2 == 1);
+        live.count() as u32
     }
 
     /// Whether no record is live.
@@ -116,7 +126,6 @@ impl LiveTable {
         // Release: a snapshot that Acquire-loads this odd generation sees
         // every field written above.
         slot.state.store(g + 1, Ordering::Release);
-        self.live.fetch_add(1, Ordering::Relaxed);
         Some(index)
     }
 
@@ -147,7 +156,6 @@ impl LiveTable {
         let g = slot.state.load(Ordering::Relaxed);
         debug_assert!(g % 2 == 1, "removing a slot that is not live");
         slot.state.store(g + 1, Ordering::Relaxed);
-        self.live.fetch_sub(1, Ordering::Relaxed);
         self.put_slot(index);
         rec
     }
