@@ -96,7 +96,12 @@ pub(crate) fn warm_up(live: u32, stacks: u32) {
 
 /// Health of the sampler: how much was sampled, what was dropped and why,
 /// and how full the tables are.
+///
+/// `#[non_exhaustive]`: counters are added as the sampler learns to count
+/// more. Outside this crate, build one from [`Stats::default`] and set its
+/// fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Samples taken since start (allocations, and growths by `realloc`).
     pub samples: u64,

@@ -215,16 +215,16 @@ fn snapshot(stacks: usize, pool: &[u64]) -> HeapSnapshot {
         .iter()
         .map(|s| s.inuse_bytes / INTERVAL)
         .sum::<u64>();
+    // `Stats` is non-exhaustive: set the fields a heap export reads.
+    let mut stats = Stats::default();
+    stats.samples = sampled;
+    stats.live_blocks = live_blocks as u32;
+    stats.live_capacity = 1 << 20;
+    stats.stacks = stacks as u32;
+    stats.stack_capacity = (stacks as u32).next_power_of_two().max(1 << 16);
     HeapSnapshot {
         stacks: samples,
-        stats: Stats {
-            samples: sampled,
-            live_blocks: live_blocks as u32,
-            live_capacity: 1 << 20,
-            stacks: stacks as u32,
-            stack_capacity: (stacks as u32).next_power_of_two().max(1 << 16),
-            ..Stats::default()
-        },
+        stats,
         sample_interval: INTERVAL,
     }
 }
