@@ -14,6 +14,14 @@
 //! - an unsampled block that grows charges only the new bytes; if they cross
 //!   the countdown, the block moves into the region as a sample of the
 //!   `realloc` call's stack, weighing those bytes (and no new object).
+//!
+//! The profiler's own long-lived memory (the unwinder's caches) takes the
+//! same slow path: while a thread holds `sampler::own_memory`, its
+//! countdown is held at zero, and every allocation it makes is served from
+//! the region with no live record (a header slot of `NO_SLOT`), counted in
+//! `Stats::unwind_cache_bytes`. So those blocks never sit in the wrapped
+//! allocator's heap among the program's (the layout risk `replay::Room`
+//! describes), and `dealloc`/`realloc` find them by the same region check.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::Ordering;
@@ -84,6 +92,10 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        if sampler::is_own() {
+            // SAFETY: the caller's guarantees on `layout` carry over.
+            return unsafe { self.alloc_own(layout, zeroed) };
+        }
         unwind::warm_stack();
         warm_up(self.capacities.live, self.capacities.stacks);
         if let Some(weight) = sampler::decide(layout.size(), true) {
@@ -110,6 +122,21 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     unsafe fn realloc_slow(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if sampler::is_own() {
+            // SAFETY: as below.
+            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+            // SAFETY: `new_layout` is larger than `layout`, so not zero-sized.
+            let user = unsafe { self.alloc_own(new_layout, false) };
+            if !user.is_null() {
+                // SAFETY: both blocks hold at least `layout.size()` bytes and
+                // are distinct; the old one came from `inner` with `layout`.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(ptr, user, layout.size());
+                    self.inner.dealloc(ptr, layout);
+                }
+            }
+            return user;
+        }
         unwind::warm_stack();
         let grown = new_size - layout.size();
         if let Some(weight) = sampler::decide(grown, false) {
@@ -140,12 +167,16 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     unsafe fn realloc_sampled(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old = layout.size();
+        let header = region::header(ptr);
+        if header.slot == NO_SLOT {
+            // SAFETY: a live block of the profiler's own memory, per the caller.
+            return unsafe { self.realloc_own(ptr, layout, new_size, header) };
+        }
         let extra = if new_size > old && sampler::charge(new_size - old) {
             sampler::decide(new_size - old, false)
         } else {
             None
         };
-        let header = region::header(ptr);
         let t = tables().expect("a region block exists only once the tables do");
         let mut rec = t.live.get(header.slot);
         if new_size < old && old > 0 {
@@ -157,8 +188,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             COUNTERS.samples.fetch_add(1, Ordering::Relaxed);
         }
         rec.size = new_size as u64;
-        let usable = header.usable();
-        if new_size <= usable && (usable <= 4096 || new_size >= usable / 4) {
+        if stays(header, new_size) {
             t.live.update(header.slot, rec);
             return ptr;
         }
@@ -203,15 +233,95 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     }
 }
 
-/// Frees a sampled block and its record.
+/// Whether a region block resized to `new_size` bytes stays where it is:
+/// it fits, and does not keep a large block for a small remainder.
+fn stays(header: region::Header, new_size: usize) -> bool {
+    let usable = header.usable();
+    new_size <= usable && (usable <= 4096 || new_size >= usable / 4)
+}
+
+impl<A: GlobalAlloc> SamplingAllocator<A> {
+    /// An allocation of the profiler's own memory (`sampler::own_memory`):
+    /// from the region, with no live record, else from `inner`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`GlobalAlloc::alloc`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_own(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        if let Some(block) = region::alloc(layout.size(), layout.align(), NO_SLOT) {
+            let bytes = 1u64 << region::header(block.user).shift;
+            // Relaxed: a statistic.
+            COUNTERS.own_bytes.fetch_add(bytes, Ordering::Relaxed);
+            if zeroed {
+                // SAFETY: the block has at least `layout.size()` bytes.
+                unsafe { block.user.write_bytes(0, layout.size()) };
+            }
+            return block.user;
+        }
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
+    }
+
+    /// `realloc` of a block of the profiler's own memory: it stays in the
+    /// region (or goes to `inner` if the region is exhausted).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live own block of `layout`, whose header is `header`, and
+    /// `new_size` is valid for `realloc` with it.
+    unsafe fn realloc_own(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        header: region::Header,
+    ) -> *mut u8 {
+        if stays(header, new_size) {
+            return ptr;
+        }
+        // SAFETY: as in `realloc_slow`.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: `new_layout` has a non-zero size (`realloc`'s contract).
+        let user = unsafe { self.alloc_own(new_layout, false) };
+        if !user.is_null() {
+            // SAFETY: both blocks hold at least min(old, new) bytes and are
+            // distinct.
+            unsafe { core::ptr::copy_nonoverlapping(ptr, user, layout.size().min(new_size)) };
+            free_own(ptr, header);
+        }
+        user
+    }
+}
+
+/// Frees a block of the profiler's own memory.
+fn free_own(ptr: *mut u8, header: region::Header) {
+    // Relaxed: a statistic.
+    COUNTERS
+        .own_bytes
+        .fetch_sub(1 << header.shift, Ordering::Relaxed);
+    region::free(ptr);
+}
+
+/// Frees a sampled block and its record, or a block of the profiler's own
+/// memory (no record).
 #[cold]
 #[inline(never)]
 fn dealloc_sampled(ptr: *mut u8) {
     let header = region::header(ptr);
+    if header.slot == NO_SLOT {
+        free_own(ptr, header);
+        return;
+    }
     if let Some(t) = tables() {
-        if header.slot != NO_SLOT {
-            t.live.remove(header.slot);
-        }
+        t.live.remove(header.slot);
     }
     region::free(ptr);
 }
@@ -253,5 +363,72 @@ fn record(layout: Layout, weight: Weight, live_cap: u32, stack_cap: u32) -> Opti
             COUNTERS.dropped_table_full.fetch_add(1, Ordering::Relaxed);
             None
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::alloc::System;
+
+    /// Bytes of the profiler's own memory in the region now.
+    fn own_bytes() -> u64 {
+        COUNTERS.own_bytes.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_profilers_own_memory_comes_from_the_region_and_is_counted() {
+        let _turn = region::tests::lock();
+        // A wrapper of its own, called directly: this test binary has no
+        // sampling global allocator.
+        let a = SamplingAllocator::new(System);
+        let layout = |size| Layout::from_size_align(size, 8).unwrap();
+        let (own_before, in_use_before) = (own_bytes(), region::stats().2);
+        // SAFETY: non-zero layouts; every block is freed below with the
+        // layout it has then.
+        unsafe {
+            // From the inner allocator itself: through the wrapper this
+            // thread's countdown could take it as a sample.
+            let outside = System.alloc(layout(48));
+            assert!(!outside.is_null() && !region::contains(outside));
+            outside.write_bytes(0x5A, 48);
+            let own = sampler::own_memory().expect("not own yet");
+            assert!(sampler::own_memory().is_none(), "nested");
+            let p = a.alloc(layout(100));
+            assert!(region::contains(p), "an own block is in the region");
+            // 100 bytes and the 16-byte header: the 128-byte class.
+            assert_eq!(own_bytes() - own_before, 128);
+            for i in 0..100 {
+                p.add(i).write(i as u8);
+            }
+            // An unsampled block that grows moves into the region.
+            let moved = a.realloc(outside, layout(48), 4000);
+            assert!(region::contains(moved));
+            assert_eq!(core::slice::from_raw_parts(moved, 48), &[0x5A; 48]);
+            drop(own);
+            // Own blocks stay the region's after the guard: shrinking a
+            // little keeps the block, growing moves it with the data.
+            assert_eq!(a.realloc(p, layout(100), 90), p);
+            let q = a.realloc(p, layout(90), 10_000);
+            assert!(region::contains(q) && q != p);
+            assert!((0..90).all(|i| *q.add(i) == i as u8));
+            // 128 + 4096 (4000 + 16) + 16384 (10 000 + 16): the first
+            // block was freed by the move.
+            assert_eq!(own_bytes() - own_before, 4096 + 16384);
+            // The region's in-use bytes count them (the statistic subtracts
+            // them, see `global::stats`).
+            assert_eq!(region::stats().2 - in_use_before, 4096 + 16384);
+            a.dealloc(q, layout(10_000));
+            a.dealloc(moved, layout(4000));
+            // A freed block handed out again zeroed.
+            let own = sampler::own_memory().expect("left");
+            let z = a.alloc_zeroed(layout(4000));
+            assert!(region::contains(z));
+            assert!(core::slice::from_raw_parts(z, 4000).iter().all(|&b| b == 0));
+            drop(own);
+            a.dealloc(z, layout(4000));
+        }
+        assert_eq!(own_bytes(), own_before);
+        assert_eq!(region::stats().2, in_use_before);
     }
 }

@@ -31,6 +31,9 @@ pub(crate) struct Counters {
     pub(crate) dropped_table_full: AtomicU64,
     pub(crate) dropped_region: AtomicU64,
     pub(crate) dropped_not_ready: AtomicU64,
+    /// Block bytes of the region held by the profiler's own memory (the
+    /// unwinder's caches, see `sampler::own_memory`).
+    pub(crate) own_bytes: AtomicU64,
 }
 
 pub(crate) static COUNTERS: Counters = Counters {
@@ -38,6 +41,7 @@ pub(crate) static COUNTERS: Counters = Counters {
     dropped_table_full: AtomicU64::new(0),
     dropped_region: AtomicU64::new(0),
     dropped_not_ready: AtomicU64::new(0),
+    own_bytes: AtomicU64::new(0),
 };
 
 /// The tables, once created.
@@ -133,7 +137,9 @@ pub struct Stats {
     pub region_reserved: u64,
     /// Of which committed read-write.
     pub region_committed: u64,
-    /// Bytes of sampled blocks handed out now (block sizes, not requests).
+    /// Bytes of sampled blocks handed out now (block sizes, not requests;
+    /// the unwinder's caches the region also holds are in
+    /// `unwind_cache_bytes`, not here).
     pub region_in_use: u64,
     /// Bytes of freed large sampled blocks kept resident for reuse.
     pub region_kept: u64,
@@ -155,6 +161,13 @@ pub struct Stats {
     pub unwind_frames_replayed: u64,
     /// Frames of DWARF stack walks unwound with framehop since start.
     pub unwind_frames_unwound: u64,
+    /// Memory of the DWARF walks' caches, allocated once per unwinder cache
+    /// slot (at most 8 for the heap sampler, 8 for the CPU handler): the
+    /// slots' memories of their last walks, mapped on their own, and
+    /// framehop's rule caches and their tags, which this allocator serves
+    /// from its region (block sizes; when it is the global allocator: over
+    /// another one those are in that allocator's heap and not counted).
+    pub unwind_cache_bytes: u64,
 }
 
 /// Current statistics, without touching the stacks. Counting the live
@@ -168,6 +181,7 @@ pub fn stats() -> Stats {
     let full = c.dropped_table_full.load(Ordering::Relaxed);
     let reg = c.dropped_region.load(Ordering::Relaxed);
     let nr = c.dropped_not_ready.load(Ordering::Relaxed);
+    let own = c.own_bytes.load(Ordering::Relaxed);
     let mut s = Stats {
         samples: c.samples.load(Ordering::Relaxed),
         dropped: full + reg + nr,
@@ -176,13 +190,14 @@ pub fn stats() -> Stats {
         dropped_not_ready: nr,
         region_reserved: reserved as u64,
         region_committed: committed as u64,
-        region_in_use: in_use as u64,
+        region_in_use: (in_use as u64).saturating_sub(own),
         region_kept: kept as u64,
         unwind_copies: copied as u64,
         unwind_libraries_left_out: left_out as u64,
         unwind_module_lists: lists as u64,
         unwind_frames_replayed: replayed,
         unwind_frames_unwound: unwound,
+        unwind_cache_bytes: own + crate::unwind::mapped_bytes(),
         ..Stats::default()
     };
     if let Some(t) = tables() {

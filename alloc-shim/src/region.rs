@@ -1,4 +1,5 @@
-//! The sampled-block region: where every sampled allocation lives.
+//! The sampled-block region: where every sampled allocation lives (and
+//! the profiler's own long-lived memory, see `allocator`).
 //!
 //! Design rule 1 says a non-sampled `dealloc` must tell "not sampled" without
 //! touching shared, written memory. ferroprof serves every sampled block from
@@ -453,11 +454,12 @@ pub(crate) fn stats() -> (usize, usize, usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The region is process-wide state: these tests take turns through
     //! `LOCK` so that its counters can be checked exactly. Nothing else in
     //! this test binary allocates from the region (no sampling allocator is
-    //! installed here).
+    //! installed here) but the allocator's own-memory test, which takes
+    //! the same turns.
 
     use super::*;
     use crate::testing::Rng;
@@ -466,7 +468,8 @@ mod tests {
 
     static LOCK: Mutex<()> = Mutex::new(());
 
-    fn lock() -> MutexGuard<'static, ()> {
+    /// A turn at the region, for any test that allocates from it.
+    pub(crate) fn lock() -> MutexGuard<'static, ()> {
         LOCK.lock().unwrap_or_else(|e| e.into_inner())
     }
 

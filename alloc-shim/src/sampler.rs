@@ -76,6 +76,11 @@ struct ThreadState {
     /// Set while this thread is inside the sampler or taking a snapshot: any
     /// allocation made then is served unsampled.
     busy: Cell<bool>,
+    /// Set while this thread allocates the profiler's own long-lived memory
+    /// (see [`own_memory`]).
+    own: Cell<bool>,
+    /// The countdown, put aside while `own` is set.
+    saved_countdown: Cell<i64>,
     /// The unwinder cache slot this thread tries first (0: not chosen yet).
     cache_hint: Cell<u8>,
     /// Stack bounds of this thread, for the unwinder (0, 0 until looked up).
@@ -90,6 +95,8 @@ thread_local! {
             rng: Cell::new(0),
             mean: Cell::new(0),
             busy: Cell::new(false),
+            own: Cell::new(false),
+            saved_countdown: Cell::new(0),
             cache_hint: Cell::new(0),
             stack_lo: Cell::new(0),
             stack_hi: Cell::new(0),
@@ -265,6 +272,45 @@ pub(crate) fn enter() -> Option<Busy> {
     // `then`, not `then_some`: a `Busy` built eagerly and dropped on the
     // failing path would clear the flag the outer caller still holds.
     STATE.with(|s| !s.busy.replace(true)).then(|| Busy(()))
+}
+
+/// Proof that this thread is allocating the profiler's own long-lived
+/// memory (the unwinder's caches): while it lives, every allocation of this
+/// thread takes the allocator's slow path, which serves it from the
+/// sampled-block region, apart from the wrapped allocator's heap and
+/// counted (`Stats::unwind_cache_bytes`). Dropping it gives the countdown
+/// back as it was: these bytes are not the program's and are not sampled.
+pub(crate) struct OwnMemory(());
+
+impl Drop for OwnMemory {
+    fn drop(&mut self) {
+        STATE.with(|s| {
+            s.own.set(false);
+            s.countdown.set(s.saved_countdown.get());
+        });
+    }
+}
+
+/// Starts serving this thread's allocations as the profiler's own memory;
+/// `None` if it already does. Async-signal-safe, but only meaningful where
+/// allocating is (not in a signal handler).
+pub(crate) fn own_memory() -> Option<OwnMemory> {
+    STATE.with(|s| {
+        if s.own.replace(true) {
+            return None;
+        }
+        s.saved_countdown.set(s.countdown.get());
+        // Every allocation's `charge` now crosses: `0 <= size`, and the
+        // countdown only falls from here until the guard restores it.
+        s.countdown.set(0);
+        Some(OwnMemory(()))
+    })
+}
+
+/// Whether this thread is allocating the profiler's own memory.
+#[inline]
+pub(crate) fn is_own() -> bool {
+    STATE.with(|s| s.own.get())
 }
 
 /// This thread's preferred unwinder cache slot, chosen once by `pick`

@@ -72,7 +72,9 @@ cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))] {
         mod hazard;
         mod linux;
-        pub(crate) use linux::{capture, kept, thread_stack_bounds, walked_frames, warm_stack, SUPPORTED};
+        pub(crate) use linux::{
+            capture, kept, mapped_bytes, thread_stack_bounds, walked_frames, warm_stack, SUPPORTED,
+        };
         pub use linux::signal;
     } else {
         /// Stack capture is not implemented on this platform.
@@ -95,5 +97,9 @@ cfg_if::cfg_if! {
         }
 
         pub(crate) fn warm_stack() {}
+
+        pub(crate) fn mapped_bytes() -> u64 {
+            0
+        }
     }
 }

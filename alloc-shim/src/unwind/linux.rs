@@ -617,7 +617,10 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
         return;
     }
     // Used for this walk only: nothing to remember it for.
-    let mut cache = banks_with(Memo::forgetful());
+    let mut cache = {
+        let _own = crate::sampler::own_memory();
+        banks_with(Memo::forgetful())
+    };
     f(&mut cache, None);
     UNPOOLED_FRAMES.fetch_add(cache.memo.unwound, Ordering::Relaxed);
 }
@@ -633,11 +636,20 @@ pub(crate) fn walked_frames() -> (u64, u64) {
     (count(0), count(1) + UNPOOLED_FRAMES.load(Ordering::Relaxed))
 }
 
-/// Empty caches for a pool slot, never on the stack: about 370 KB,
-/// framehop's entries and the tags on the heap, the remembered walks in
-/// mappings of their own (see `replay::Room`).
+/// Empty caches for a pool slot, never on the stack: about 420 KB,
+/// framehop's entries and the tags served as the profiler's own memory
+/// (from the region, when the sampling allocator is the global one; see
+/// `sampler::own_memory`), the remembered walks in mappings of their own
+/// (see `replay::Room`).
 fn new_banks() -> Box<Banks> {
+    let _own = crate::sampler::own_memory();
     banks_with(Memo::new())
+}
+
+/// Bytes the slots' memories of their walks have mapped (see
+/// `replay::Room`).
+pub(crate) fn mapped_bytes() -> u64 {
+    replay::mapped_bytes()
 }
 
 /// Empty caches with `memo` for the slot's memory of its walks.

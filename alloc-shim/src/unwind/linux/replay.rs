@@ -56,6 +56,7 @@
 
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use framehop::{FrameAddress, UnwindRegsNative};
 
@@ -211,6 +212,16 @@ impl Step {
 /// sampling off, in one build and not in another.
 struct Room<T: Copy, const N: usize>(Option<NonNull<T>>);
 
+/// Bytes mapped by every [`Room`] alive, in 4 KiB pages, for
+/// `Stats::unwind_cache_bytes`.
+static MAPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes mapped by every [`Room`] alive.
+pub(super) fn mapped_bytes() -> u64 {
+    // Relaxed: a statistic, read on its own.
+    MAPPED.load(Ordering::Relaxed)
+}
+
 /// The steps of a walk.
 type Steps = Room<Step, STEPS>;
 
@@ -221,6 +232,9 @@ impl<T: Copy, const N: usize> Room<T, N> {
     /// The bytes of the mapping.
     const BYTES: usize = N * core::mem::size_of::<T>();
 
+    /// [`Self::BYTES`] in whole 4 KiB pages, as the mapping takes them.
+    const PAGES_BYTES: usize = Self::BYTES.next_multiple_of(4096);
+
     /// No room.
     const NONE: Self = Room(None);
 
@@ -229,6 +243,8 @@ impl<T: Copy, const N: usize> Room<T, N> {
         let Some(at) = sys::map_anonymous(Self::BYTES) else {
             return Self::NONE;
         };
+        // Relaxed: see `mapped_bytes`.
+        MAPPED.fetch_add(Self::PAGES_BYTES as u64, Ordering::Relaxed);
         let first = at.cast::<T>();
         for i in 0..N {
             // SAFETY: the mapping is fresh, writable and large enough for
@@ -268,6 +284,7 @@ impl<T: Copy, const N: usize> Drop for Room<T, N> {
             // SAFETY: the mapping was made by `Room::new` and nothing
             // borrows it past `self`.
             unsafe { sys::unmap(first.cast(), Self::BYTES) };
+            MAPPED.fetch_sub(Self::PAGES_BYTES as u64, Ordering::Relaxed);
         }
     }
 }
