@@ -109,6 +109,16 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             }
         }
         // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner_alloc(layout, zeroed) }
+    }
+
+    /// `inner`'s `alloc` or `alloc_zeroed`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`GlobalAlloc::alloc`].
+    unsafe fn inner_alloc(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
         unsafe {
             if zeroed {
                 self.inner.alloc_zeroed(layout)
@@ -261,13 +271,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             return block.user;
         }
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(layout)
-            } else {
-                self.inner.alloc(layout)
-            }
-        }
+        unsafe { self.inner_alloc(layout, zeroed) }
     }
 
     /// `realloc` of a block of the profiler's own memory: it stays in the
