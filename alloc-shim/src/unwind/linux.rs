@@ -665,17 +665,65 @@ fn banks_with(memo: Box<Memo>) -> Box<Banks> {
     })
 }
 
-/// Rebuilds the module list when there is none yet, or when the last walk
-/// ended at an address outside every known module and the loader's
-/// counters say modules changed. Not checked on every sample: asking the
-/// loader takes its lock, which every sampling thread would contend for.
+/// Rebuilds the module list when there is none yet, or when a walk ended at
+/// an address outside every known module and the loader's counters say
+/// modules changed. Not checked on every sample: asking the loader takes
+/// its lock, which every sampling thread would contend for; and a walk's
+/// suspicion asks at most once per [`ASK_EVERY_NS`], since in a process
+/// that runs JIT-compiled code (no module covers it) nearly every walk
+/// ends outside the modules, and the answer is nearly always "no change".
 /// Not for signal handlers (it takes the loader's lock and allocates).
 fn rebuild_if_stale() {
     let suspect = MODULES.peek().is_null()
-        || (SUSPECT_STALE.load(Ordering::Relaxed) && SUSPECT_STALE.swap(false, Ordering::Relaxed));
-    if !suspect {
-        return;
+        || (SUSPECT_STALE.load(Ordering::Relaxed)
+            && may_ask(&NEXT_ASK, coarse_now_ns())
+            && SUSPECT_STALE.swap(false, Ordering::Relaxed));
+    if suspect {
+        rebuild_now();
     }
+}
+
+/// How often a walk that ended outside every module may ask the loader
+/// whether modules changed: a library loaded since the last list is walked
+/// into (framehop guessing at its frames) for at most this long.
+const ASK_EVERY_NS: u64 = 100_000_000;
+
+/// The earliest [`coarse_now_ns`] at which a walk's suspicion may ask the
+/// loader again.
+static NEXT_ASK: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a walk's suspicion may ask the loader at `now`; if so, claims
+/// the period, so that of the threads asking at once one does.
+fn may_ask(next: &AtomicU64, now: u64) -> bool {
+    // Relaxed: a rate limit; the CAS alone decides who asks.
+    let due = next.load(Ordering::Relaxed);
+    now >= due
+        && next
+            .compare_exchange(
+                due,
+                now.saturating_add(ASK_EVERY_NS),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: a read of the vDSO's clock
+/// page, precise to the kernel's tick, which is all a rate limit needs.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; the call cannot fail for this
+    // clock (Linux 2.6.32 and later).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Asks the loader and rebuilds the module list if its counters moved,
+/// unless another thread is at it.
+fn rebuild_now() {
     // Acquire: the rebuild flag is a try-lock; nobody waits on it.
     if REBUILDING
         .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -749,10 +797,10 @@ fn reclaim(kept: &mut Kept) {
 }
 
 /// Publishes a fresh module list if the loader's counters moved since the
-/// last one (from an ordinary thread: this takes the loader's lock).
+/// last one (from an ordinary thread: this takes the loader's lock). Not
+/// rate-limited: it is asked for, not suspected.
 fn refresh_modules() {
-    SUSPECT_STALE.store(true, Ordering::Relaxed);
-    rebuild_if_stale();
+    rebuild_now();
 }
 
 /// Set when a walk ended at an address no known module covers.
@@ -1375,6 +1423,32 @@ mod tests {
         MODULES
             .with_pinned(None, |modules| modules.map(f))
             .expect("a module list")
+    }
+
+    #[test]
+    fn a_walks_suspicion_asks_the_loader_at_most_once_a_period() {
+        let t0 = 5 * ASK_EVERY_NS;
+        let next = AtomicU64::new(0);
+        assert!(may_ask(&next, t0));
+        assert!(!may_ask(&next, t0), "asked already at this instant");
+        assert!(!may_ask(&next, t0 + ASK_EVERY_NS - 1));
+        assert!(may_ask(&next, t0 + ASK_EVERY_NS));
+        // Threads suspecting at once: one of them asks.
+        let next = AtomicU64::new(0);
+        let asked: u32 = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4).map(|_| s.spawn(|| may_ask(&next, t0))).collect();
+            threads.into_iter().map(|t| t.join().unwrap() as u32).sum()
+        });
+        assert_eq!(asked, 1);
+        // Wired in: while the period runs, a suspicion is kept, not
+        // consumed, so the first sample after it asks.
+        refresh_modules();
+        NEXT_ASK.store(u64::MAX, Ordering::Relaxed);
+        SUSPECT_STALE.store(true, Ordering::Relaxed);
+        rebuild_if_stale();
+        let kept = SUSPECT_STALE.load(Ordering::Relaxed);
+        NEXT_ASK.store(0, Ordering::Relaxed);
+        assert!(kept, "a suspicion consumed within the period");
     }
 
     #[test]
