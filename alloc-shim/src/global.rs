@@ -168,6 +168,12 @@ pub struct Stats {
     /// from its region (block sizes; when it is the global allocator: over
     /// another one those are in that allocator's heap and not counted).
     pub unwind_cache_bytes: u64,
+    /// Times the stack walks asked the loader whether modules changed
+    /// (`dl_iterate_phdr`, which takes the loader's lock): for the first
+    /// list, on `signal::prepare`, and after a walk ended outside every
+    /// known module (JIT-compiled code, a library loaded since), at most
+    /// once per 100 ms for those.
+    pub unwind_loader_asks: u64,
 }
 
 /// Current statistics, without touching the stacks. Counting the live
@@ -198,6 +204,7 @@ pub fn stats() -> Stats {
         unwind_frames_replayed: replayed,
         unwind_frames_unwound: unwound,
         unwind_cache_bytes: own + crate::unwind::mapped_bytes(),
+        unwind_loader_asks: crate::unwind::loader_asks(),
         ..Stats::default()
     };
     if let Some(t) = tables() {

@@ -73,7 +73,8 @@ cfg_if::cfg_if! {
         mod hazard;
         mod linux;
         pub(crate) use linux::{
-            capture, kept, mapped_bytes, thread_stack_bounds, walked_frames, warm_stack, SUPPORTED,
+            capture, kept, loader_asks, mapped_bytes, thread_stack_bounds, walked_frames,
+            warm_stack, SUPPORTED,
         };
         pub use linux::signal;
     } else {
@@ -99,6 +100,10 @@ cfg_if::cfg_if! {
         pub(crate) fn warm_stack() {}
 
         pub(crate) fn mapped_bytes() -> u64 {
+            0
+        }
+
+        pub(crate) fn loader_asks() -> u64 {
             0
         }
     }

@@ -688,6 +688,15 @@ fn rebuild_if_stale() {
 /// into (framehop guessing at its frames) for at most this long.
 const ASK_EVERY_NS: u64 = 100_000_000;
 
+/// Times the loader was asked whether modules changed (`loader_generation`).
+static LOADER_ASKS: AtomicU64 = AtomicU64::new(0);
+
+/// Times the loader was asked whether modules changed, for `Stats`.
+pub(crate) fn loader_asks() -> u64 {
+    // Relaxed: a statistic, read on its own.
+    LOADER_ASKS.load(Ordering::Relaxed)
+}
+
 /// The earliest [`coarse_now_ns`] at which a walk's suspicion may ask the
 /// loader again.
 static NEXT_ASK: AtomicU64 = AtomicU64::new(0);
@@ -859,6 +868,8 @@ extern "C" fn fork_child() {
 }
 
 fn loader_generation() -> (u64, u64) {
+    // Relaxed: a statistic.
+    LOADER_ASKS.fetch_add(1, Ordering::Relaxed);
     unsafe extern "C" fn first(
         info: *mut libc::dl_phdr_info,
         size: libc::size_t,
