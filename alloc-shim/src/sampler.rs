@@ -217,14 +217,9 @@ fn poisson(s: &ThreadState, lambda: f64) -> u64 {
 fn seed() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     let count = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; the call cannot fail for this clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = crate::sys::clock_ns(libc::CLOCK_MONOTONIC);
     let here = STATE.with(|s| s as *const ThreadState as u64);
-    let mut z = count ^ (ts.tv_nsec as u64).rotate_left(32) ^ ts.tv_sec as u64 ^ here;
+    let mut z = count ^ now.rotate_left(32) ^ here;
     // splitmix64 finaliser.
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -32,6 +32,19 @@ pub(crate) fn map_anonymous(bytes: usize) -> Option<NonNull<u8>> {
     }
 }
 
+/// The time of `clock` in nanoseconds (0 if the clock cannot be read).
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; on failure it stays zero.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
 cfg_if::cfg_if! {
     if #[cfg(miri)] {
         // Miri cannot reserve address space without memory (PROT_NONE,

@@ -720,14 +720,7 @@ fn may_ask(next: &AtomicU64, now: u64) -> bool {
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: a read of the vDSO's clock
 /// page, precise to the kernel's tick, which is all a rate limit needs.
 fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; the call cannot fail for this
-    // clock (Linux 2.6.32 and later).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// Asks the loader and rebuilds the module list if its counters moved,
