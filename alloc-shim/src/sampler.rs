@@ -193,8 +193,9 @@ fn poisson(s: &ThreadState, lambda: f64) -> u64 {
         let mut p = uniform(s);
         // No point at all unless `p > e^-lambda`; since `e^-lambda >= 1 -
         // lambda`, a `p` at or below `1 - lambda` settles it without the
-        // exponential. At the default interval `lambda` is the overshoot of
-        // one allocation over 512 KiB, so this is almost every sample.
+        // exponential. At the default interval `lambda` is the part of one
+        // allocation past its sampling point over 512 KiB, a small
+        // fraction, so this settles almost every sample.
         if p <= 1.0 - lambda {
             return 0;
         }
