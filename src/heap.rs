@@ -129,6 +129,7 @@ pub(crate) fn build_in_batch(
         s.stacks,
         s.stack_capacity,
     ));
+    b.comment(&memory_comment(s));
 
     let mut stacks = StackBuilder::new(&mut b, symbolizer);
     stacks.resolve_all(&mut b, symbolizer, snapshot);
@@ -263,6 +264,17 @@ fn saturate(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// What the heap profiler keeps of its own: the tables, the sampled blocks
+/// (block sizes) and the region's committed memory, the stack walks'
+/// caches and the unwind tables copied out of shared libraries.
+fn memory_comment(s: &ferroprof_alloc::Stats) -> String {
+    format!(
+        "ferroprof memory: tables {} B, sampled blocks {} B (region committed {} B), \
+         unwinder caches {} B, unwind table copies {} B",
+        s.table_bytes, s.region_in_use, s.region_committed, s.unwind_cache_bytes, s.unwind_copies,
+    )
+}
+
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
@@ -290,6 +302,40 @@ mod tests {
         ] {
             assert!(!is_machinery(name), "{name}");
         }
+    }
+
+    #[test]
+    fn the_profilers_own_memory_is_in_a_comment() {
+        let mut stats = ferroprof_alloc::Stats::default();
+        stats.table_bytes = 11;
+        stats.region_in_use = 22;
+        stats.region_committed = 33;
+        stats.unwind_cache_bytes = 44;
+        stats.unwind_copies = 55;
+        let snapshot = HeapSnapshot {
+            stacks: Vec::new(),
+            stats,
+            sample_interval: 512 << 10,
+        };
+        let mut symbolizer = Symbolizer::default();
+        let p = build(
+            &snapshot,
+            &mut symbolizer,
+            SystemTime::now(),
+            Duration::from_secs(60),
+        );
+        let comments: Vec<&str> = p
+            .comment
+            .iter()
+            .map(|&i| p.string_table[i as usize].as_str())
+            .collect();
+        assert!(
+            comments.contains(
+                &"ferroprof memory: tables 11 B, sampled blocks 22 B (region committed 33 B), \
+                  unwinder caches 44 B, unwind table copies 55 B"
+            ),
+            "{comments:?}"
+        );
     }
 
     #[test]
