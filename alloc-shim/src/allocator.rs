@@ -128,48 +128,43 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         }
     }
 
-    /// An unsampled block grew across the countdown.
+    /// An unsampled block grew across the countdown: it moves into the
+    /// region as a sample, or as the profiler's own memory, or is resized
+    /// by `inner`.
     #[cold]
     #[inline(never)]
     unsafe fn realloc_slow(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if sampler::is_own() {
-            // SAFETY: as below.
-            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: `realloc`'s caller guarantees `new_size` rounded to
+        // `layout.align()` does not overflow isize.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let user = if sampler::is_own() {
             // SAFETY: `new_layout` is larger than `layout`, so not zero-sized.
-            let user = unsafe { self.alloc_own(new_layout, false) };
-            if !user.is_null() {
-                // SAFETY: both blocks hold at least `layout.size()` bytes and
-                // are distinct; the old one came from `inner` with `layout`.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(ptr, user, layout.size());
-                    self.inner.dealloc(ptr, layout);
-                }
+            unsafe { self.alloc_own(new_layout, false) }
+        } else {
+            unwind::warm_stack();
+            let sampled = sampler::decide(new_size - layout.size(), false).and_then(|weight| {
+                record(
+                    new_layout,
+                    weight,
+                    self.capacities.live,
+                    self.capacities.stacks,
+                )
+            });
+            match sampled {
+                Some(user) => user,
+                // SAFETY: forwarded with the caller's guarantees.
+                None => return unsafe { self.inner.realloc(ptr, layout, new_size) },
             }
-            return user;
-        }
-        unwind::warm_stack();
-        let grown = new_size - layout.size();
-        if let Some(weight) = sampler::decide(grown, false) {
-            // SAFETY: `realloc`'s caller guarantees `new_size` rounded to
-            // `layout.align()` does not overflow isize.
-            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-            if let Some(user) = record(
-                new_layout,
-                weight,
-                self.capacities.live,
-                self.capacities.stacks,
-            ) {
-                // SAFETY: both blocks hold at least `layout.size()` bytes and
-                // are distinct; the old one came from `inner` with `layout`.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(ptr, user, layout.size());
-                    self.inner.dealloc(ptr, layout);
-                }
-                return user;
+        };
+        if !user.is_null() {
+            // SAFETY: both blocks hold at least `layout.size()` bytes and are
+            // distinct; the old one came from `inner` with `layout`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, user, layout.size());
+                self.inner.dealloc(ptr, layout);
             }
         }
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { self.inner.realloc(ptr, layout, new_size) }
+        user
     }
 
     /// `realloc` of a sampled block: move or resize it with its record.

@@ -617,10 +617,7 @@ fn with_cache(f: impl FnOnce(&mut Banks, Option<&Hazard<Modules>>)) {
         return;
     }
     // Used for this walk only: nothing to remember it for.
-    let mut cache = {
-        let _own = crate::sampler::own_memory();
-        banks_with(Memo::forgetful())
-    };
+    let mut cache = banks_with(Memo::forgetful);
     f(&mut cache, None);
     UNPOOLED_FRAMES.fetch_add(cache.memo.unwound, Ordering::Relaxed);
 }
@@ -642,8 +639,7 @@ pub(crate) fn walked_frames() -> (u64, u64) {
 /// `sampler::own_memory`), the remembered walks in mappings of their own
 /// (see `replay::Room`).
 fn new_banks() -> Box<Banks> {
-    let _own = crate::sampler::own_memory();
-    banks_with(Memo::new())
+    banks_with(Memo::new)
 }
 
 /// Bytes the slots' memories of their walks have mapped (see
@@ -652,15 +648,17 @@ pub(crate) fn mapped_bytes() -> u64 {
     replay::mapped_bytes()
 }
 
-/// Empty caches with `memo` for the slot's memory of its walks.
-fn banks_with(memo: Box<Memo>) -> Box<Banks> {
+/// Empty caches with `memo()` for the slot's memory of its walks, all made
+/// as the profiler's own memory (see `sampler::own_memory`).
+fn banks_with(memo: fn() -> Box<Memo>) -> Box<Banks> {
+    let _own = crate::sampler::own_memory();
     Box::new(Banks {
         rules: Rules {
             caches: core::array::from_fn(|_| Cache::default()),
             tags: vec![TagSet([0; BANKS]); RULE_ENTRIES].into_boxed_slice(),
             misses: 0,
         },
-        memo,
+        memo: memo(),
         list: 0,
     })
 }
