@@ -21,10 +21,10 @@ const POOL: usize = 8;
 
 /// A lower bound of one slot's caches: framehop's 8 rule caches of 509
 /// entries (over 16 KiB each), their tags (509 cache lines, ~32 KiB) and
-/// the slot's memory of its last walk (72 KiB of pages). Without the rule
+/// the slot's memory of its last walk (76 KiB of pages). Without the rule
 /// caches and tags (were they not served as the profiler's own memory and
-/// counted) a slot would count the 72 KiB only.
-const SLOT_AT_LEAST: u64 = 8 * (16 << 10) + (32 << 10) + (72 << 10);
+/// counted) a slot would count the 76 KiB only.
+const SLOT_AT_LEAST: u64 = 8 * (16 << 10) + (32 << 10) + (76 << 10);
 
 /// Bytes jemalloc has handed out and not taken back.
 fn jemalloc_allocated() -> u64 {

@@ -633,7 +633,7 @@ pub(crate) fn walked_frames() -> (u64, u64) {
     (count(0), count(1) + UNPOOLED_FRAMES.load(Ordering::Relaxed))
 }
 
-/// Empty caches for a pool slot, never on the stack: about 420 KB,
+/// Empty caches for a pool slot, never on the stack: about 425 KB,
 /// framehop's entries and the tags served as the profiler's own memory
 /// (from the region, when the sampling allocator is the global one; see
 /// `sampler::own_memory`), the remembered walks in mappings of their own
