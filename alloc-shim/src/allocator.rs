@@ -96,7 +96,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             // SAFETY: the caller's guarantees on `layout` carry over.
             return unsafe { self.alloc_own(layout, zeroed) };
         }
-        unwind::warm_stack();
+        if sampler::armed() {
+            unwind::warm_stack();
+        }
         warm_up(self.capacities.live, self.capacities.stacks);
         if let Some(weight) = sampler::decide(layout.size(), true) {
             if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks)

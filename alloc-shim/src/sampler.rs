@@ -303,6 +303,16 @@ pub(crate) fn own_memory() -> Option<OwnMemory> {
     })
 }
 
+/// Whether this thread's countdown was drawn with sampling on, so that its
+/// crossing is a sample (unless the thread is inside the sampler): with
+/// sampling off, a crossing only looks at the interval again
+/// (`RECHECK_BYTES`), and the allocator skips the work it does ahead of a
+/// sample.
+#[inline]
+pub(crate) fn armed() -> bool {
+    STATE.with(|s| s.mean.get() != 0)
+}
+
 /// Whether this thread is allocating the profiler's own memory.
 #[inline]
 pub(crate) fn is_own() -> bool {
