@@ -4,7 +4,9 @@
 //! branch taken about once per sample interval leads to a `#[cold]`,
 //! `#[inline(never)]` method that asks the sampler for a weight, captures the
 //! stack, interns it, and serves the block from the region with a live
-//! record. A `dealloc` or `realloc` tells sampled blocks by [`region::contains`].
+//! record. A `dealloc` or `realloc` tells sampled blocks by
+//! [`region::contains_by`] (the region's tag as this allocator learnt it
+//! when it handed out its first region block).
 //!
 //! `realloc` semantics (kept unbiased):
 //! - a sampled block moves (or stays) with its record; bytes it grows by go
@@ -64,7 +66,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
 
     #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if region::contains(ptr) {
+        if region::contains_by(&self.region_tag, ptr) {
             dealloc_sampled(ptr);
             return;
         }
@@ -74,7 +76,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
 
     #[inline(always)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if region::contains(ptr) {
+        if region::contains_by(&self.region_tag, ptr) {
             // SAFETY: a live region block of `layout`, per the caller.
             return unsafe { self.realloc_sampled(ptr, layout, new_size) };
         }
@@ -103,6 +105,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         if let Some(weight) = sampler::decide(layout.size(), true) {
             if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks)
             {
+                region::learn(&self.region_tag, user);
                 if zeroed {
                     // SAFETY: the block has at least `layout.size()` bytes.
                     unsafe { user.write_bytes(0, layout.size()) };
@@ -153,7 +156,10 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 )
             });
             match sampled {
-                Some(user) => user,
+                Some(user) => {
+                    region::learn(&self.region_tag, user);
+                    user
+                }
                 // SAFETY: forwarded with the caller's guarantees.
                 None => return unsafe { self.inner.realloc(ptr, layout, new_size) },
             }
@@ -258,6 +264,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     unsafe fn alloc_own(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         if let Some(block) = region::alloc(layout.size(), layout.align(), NO_SLOT) {
+            region::learn(&self.region_tag, block.user);
             let bytes = 1u64 << region::header(block.user).shift;
             // Relaxed: a statistic.
             COUNTERS.own_bytes.fetch_add(bytes, Ordering::Relaxed);

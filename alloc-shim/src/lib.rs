@@ -114,6 +114,14 @@ pub struct SamplingAllocator<A: GlobalAlloc = Jemalloc> {
     inner: A,
     #[cfg_attr(not(feature = "heap"), allow(dead_code))]
     capacities: Capacities,
+    /// The sampled-block region's tag (see `region::contains`) once this
+    /// allocator has handed out a block of it, `usize::MAX` (which no
+    /// pointer's tag equals) before. A copy in `self`, so that `dealloc`
+    /// compares with a field of the user's own static rather than a static
+    /// of this crate, which position-independent code reaches through the
+    /// GOT (one load more on every `dealloc`).
+    #[cfg_attr(any(not(feature = "heap"), loom), allow(dead_code))]
+    region_tag: core::sync::atomic::AtomicUsize,
 }
 
 /// Sizes of the tables, fixed when the first sample is taken.
@@ -135,6 +143,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 live: DEFAULT_LIVE_CAPACITY,
                 stacks: DEFAULT_STACK_CAPACITY,
             },
+            region_tag: core::sync::atomic::AtomicUsize::new(usize::MAX),
         }
     }
 

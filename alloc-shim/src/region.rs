@@ -153,6 +153,27 @@ pub(crate) fn contains(ptr: *mut u8) -> bool {
     (ptr.addr() >> WINDOW_SHIFT) == TAG.tag.load(Ordering::Relaxed)
 }
 
+/// [`contains`] against a copy of the tag, `copy` (see
+/// `SamplingAllocator::region_tag`).
+#[inline(always)]
+pub(crate) fn contains_by(copy: &AtomicUsize, ptr: *mut u8) -> bool {
+    // Relaxed: the copy is stored (`learn`) before the allocator hands out
+    // its first region block, by the thread that hands it out; a pointer
+    // into the region reaches another thread only after that, through the
+    // user's own synchronisation, as for `contains`.
+    (ptr.addr() >> WINDOW_SHIFT) == copy.load(Ordering::Relaxed)
+}
+
+/// Makes `copy` the region's tag if `user` is a region block, before the
+/// allocator owning `copy` hands `user` out.
+#[inline]
+pub(crate) fn learn(copy: &AtomicUsize, user: *mut u8) {
+    if contains(user) && !contains_by(copy, user) {
+        // Relaxed: see `contains_by`.
+        copy.store(user.addr() >> WINDOW_SHIFT, Ordering::Relaxed);
+    }
+}
+
 /// Reserves the range on first use. Never waits: a thread that finds another
 /// one reserving gets `false` and serves its allocation unsampled.
 pub(crate) fn ready() -> bool {
