@@ -92,6 +92,9 @@ impl Modules {
 /// thread that died mid-walk across a `fork`, say), at most [`MAX_RETIRED`]
 /// replaced lists are kept, and then the list is no longer rebuilt.
 static MODULES: Current<Modules> = Current::new();
+/// The [`Modules::seq`] of the list in `MODULES` (0: none yet), for
+/// [`ThreadWalk`]s, which replay only walks made with it.
+static CURRENT_LIST: AtomicU64 = AtomicU64::new(0);
 static REBUILDING: AtomicBool = AtomicBool::new(false);
 /// Replaced lists kept at most, waiting for their walks to finish.
 const MAX_RETIRED: usize = 256;
@@ -194,10 +197,162 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
     let stack = unsafe { Stack::new(lo, hi) };
     match super::mode() {
         UnwindMode::FramePointers => walk_frame_pointers(pc, fp, lr, |a| stack.read(a), &mut out),
-        UnwindMode::Dwarf => walk_dwarf(pc, sp, fp, lr, &stack, &mut out),
+        UnwindMode::Dwarf => {
+            rebuild_if_stale();
+            let list = CURRENT_LIST.load(Ordering::Relaxed);
+            // SAFETY: only here, on this thread, inside `record`, which
+            // holds the sampler's busy flag: no other use of it is running
+            // (a signal handler that allocates meanwhile is served
+            // unsampled, and the CPU handler's walks do not use it).
+            let replayed = THREAD_WALK
+                .with(|w| unsafe { (*w.get()).replay(list, pc, sp, fp, lr, &stack, &mut out) });
+            if !replayed {
+                walk_dwarf(pc, sp, fp, lr, &stack, &mut out);
+            }
+        }
     }
     (out.n, out.truncated)
 }
+
+/// Return addresses a [`ThreadWalk`] holds: deeper walks are not copied.
+const THREAD_RETS: usize = 32;
+/// Words of a flat check a [`ThreadWalk`] holds.
+const THREAD_WORDS: usize = 64;
+
+/// A thread's copy of the last walk it repeated whole: what a walk from
+/// the same place replays from without a cache slot.
+///
+/// A slot's memory of its last walk is shared by the threads that use the
+/// slot and reached through the slot (a compare-and-swap to hold it, a
+/// hazard pointer on the module list, then the memory's own pages). When
+/// a thread samples again and again from one place (a loop that
+/// allocates), its walk is the last one again, all of it replayed on one
+/// flat check ([`replay::Memo::whole_walk`]). The thread copies that check
+/// and the walk's return addresses here, in its own thread-local memory,
+/// and its next walk that starts with the same registers, on a stack whose
+/// checked words hold the same values, with the same module list, gives
+/// those return addresses without taking a slot: no locked instruction, no
+/// memory of a slot read. Anything else, and the walk takes a slot as
+/// before (and may copy its whole walk again).
+///
+/// About 1.4 KiB of every thread's static TLS; walks of more than
+/// [`THREAD_RETS`] frames or [`THREAD_WORDS`] checked words are not copied.
+#[derive(Clone, Copy)]
+struct ThreadWalk {
+    /// The memo and flat check copied ([`replay::WholeWalk::built`]);
+    /// `(0, 0)` when nothing is.
+    built: (usize, u64),
+    list: u64,
+    /// The first frame and the registers the walk starts from (as
+    /// [`replay::WholeWalk`] has them).
+    frame: FrameAddress,
+    start: [u64; 3],
+    fp: Option<u64>,
+    bounds: (u64, u64),
+    nwords: usize,
+    words: [(u64, u64); THREAD_WORDS],
+    nrets: usize,
+    rets: [u64; THREAD_RETS],
+}
+
+impl ThreadWalk {
+    const EMPTY: ThreadWalk = ThreadWalk {
+        built: (0, 0),
+        list: 0,
+        frame: FrameAddress::InstructionPointer(0),
+        start: [0; 3],
+        fp: None,
+        bounds: (0, 0),
+        nwords: 0,
+        words: [(0, 0); THREAD_WORDS],
+        nrets: 0,
+        rets: [0; THREAD_RETS],
+    };
+
+    /// Becomes a copy of `walk`, unless it is one already or too large
+    /// (then it copies nothing).
+    fn remember(&mut self, walk: &replay::WholeWalk<'_>) {
+        if self.built == walk.built {
+            return;
+        }
+        let (nwords, nrets) = (walk.words.len(), walk.rets.len());
+        if nwords > THREAD_WORDS || nrets > THREAD_RETS {
+            self.built = (0, 0);
+            return;
+        }
+        self.built = walk.built;
+        self.list = walk.list;
+        self.frame = walk.frame;
+        self.start = walk.start;
+        self.fp = walk.fp;
+        self.bounds = walk.bounds;
+        self.words[..nwords].copy_from_slice(walk.words);
+        self.rets[..nrets].copy_from_slice(walk.rets);
+        (self.nwords, self.nrets) = (nwords, nrets);
+    }
+
+    /// Gives `out` the walk from `pc`, `sp`, `fp` (`lr`) with module list
+    /// `list` on `stack` if it is this copy's walk again, as
+    /// `walk_dwarf_with` would (the frame itself, then the return
+    /// addresses); false, having given nothing, if not.
+    #[allow(clippy::too_many_arguments)]
+    fn replay(
+        &self,
+        list: u64,
+        pc: u64,
+        sp: u64,
+        fp: u64,
+        lr: u64,
+        stack: &Stack,
+        out: &mut Out<'_>,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let ip = {
+            let _ = lr;
+            pc
+        };
+        #[cfg(target_arch = "aarch64")]
+        let ip = lr;
+        let frame = FrameAddress::from_instruction_pointer(pc);
+        if self.built == (0, 0)
+            || self.list != list
+            || (self.frame, self.start[0], self.start[2]) != (frame, sp, ip)
+            || self.fp.is_some_and(|f| f != fp)
+        {
+            return false;
+        }
+        let (lo, end) = self.bounds;
+        // SAFETY: the words were read by the walk copied, with
+        // `Stack::read`, which reads only 8-aligned words, and `lo` and
+        // `end` were taken over them (`Memo::flatten`).
+        if unsafe { stack.holds(&self.words[..self.nwords], lo, end) } != Some(true) {
+            return false;
+        }
+        let mut given = 0;
+        if out.push(pc) {
+            for &ret in &self.rets[..self.nrets] {
+                if !out.push(ret) {
+                    break;
+                }
+                given += 1;
+            }
+        }
+        // Relaxed: a statistic. The steps replayed: one more than the
+        // return addresses given, as a slot's replay counts the last.
+        THREAD_REPLAYED.fetch_add(given as u64 + 1, Ordering::Relaxed);
+        true
+    }
+}
+
+thread_local! {
+    /// This thread's [`ThreadWalk`]: const-initialised and without a
+    /// destructor, so usable for as long as the thread allocates.
+    static THREAD_WALK: core::cell::UnsafeCell<ThreadWalk> =
+        const { core::cell::UnsafeCell::new(ThreadWalk::EMPTY) };
+}
+
+/// Frames replayed from [`ThreadWalk`]s.
+static THREAD_REPLAYED: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes of stack above the caller that [`warm_stack`] asks the caches for.
 const WARM_BYTES: usize = 4096;
@@ -368,13 +523,18 @@ fn walk_frame_pointers(
     }
 }
 
+/// The allocator's DWARF walk with a cache slot, which the thread then
+/// keeps a copy of if it repeats whole (see [`ThreadWalk`]).
 fn walk_dwarf(pc: u64, sp: u64, fp: u64, lr: u64, stack: &Stack, out: &mut Out<'_>) {
-    rebuild_if_stale();
     with_cache(|caches, walking| {
         MODULES.with_pinned(walking, |modules| match modules {
             Some(modules) => {
                 caches.hold_rules_of(modules.seq);
-                walk_dwarf_with(modules, caches, pc, sp, fp, lr, stack, out)
+                walk_dwarf_with(modules, caches, pc, sp, fp, lr, stack, out);
+                if let Some(walk) = caches.memo.whole_walk() {
+                    // SAFETY: as in `capture`, whose walk this is.
+                    THREAD_WALK.with(|w| unsafe { (*w.get()).remember(&walk) });
+                }
             }
             None => {
                 out.push(pc);
@@ -633,7 +793,11 @@ pub(crate) fn walked_frames() -> (u64, u64) {
         let slots = CACHES.iter().chain(&signal::CACHES);
         slots.map(|s| s.frames[i].load(Ordering::Relaxed)).sum()
     };
-    (count(0), count(1) + UNPOOLED_FRAMES.load(Ordering::Relaxed))
+    let thread = THREAD_REPLAYED.load(Ordering::Relaxed);
+    (
+        count(0) + thread,
+        count(1) + UNPOOLED_FRAMES.load(Ordering::Relaxed),
+    )
 }
 
 /// Empty caches for a pool slot, never on the stack: about 425 KB,
@@ -758,8 +922,13 @@ fn rebuild(kept: &mut Kept) {
     if current.is_some_and(|m| m.generation == now) || kept.retired.len() >= MAX_RETIRED {
         return;
     }
-    let fresh = Box::into_raw(Box::new(load_modules(now, kept)));
-    let old = MODULES.replace(fresh);
+    let fresh = Box::new(load_modules(now, kept));
+    let seq = fresh.seq;
+    let old = MODULES.replace(Box::into_raw(fresh));
+    // Relaxed: a thread that reads the older number for a while replays a
+    // walk made with the list just replaced, as a walk that pinned it a
+    // moment earlier would use it.
+    CURRENT_LIST.store(seq, Ordering::Relaxed);
     if !old.is_null() {
         kept.retired.push(old as usize);
     }
@@ -1499,6 +1668,94 @@ mod tests {
             );
             assert!(memo.unwound > 4_000, "{} unwound", memo.unwound);
             assert!(memo.trusted > 1_000, "{} on flat checks", memo.trusted);
+        });
+    }
+
+    /// A walk from here as `capture` makes it (this thread's copy of its
+    /// last whole walk, else a pool slot, which the copy then follows),
+    /// or, with `fresh`, unwound with those caches after forgetting their
+    /// last walk: `(frames, whether the copy gave them)`. With `other_list`
+    /// the copy is offered another module list than the current one.
+    #[inline(never)]
+    fn capture_or_unwind(
+        modules: &Modules,
+        fresh: Option<&mut Banks>,
+        other_list: bool,
+    ) -> (Vec<u64>, bool) {
+        let (pc, sp, fp, lr) = registers();
+        let (lo, hi) = readable_stack(sp as usize).expect("this thread's stack");
+        // SAFETY: this thread's stack above its pointer, while this runs.
+        let stack = unsafe { Stack::new(lo, hi) };
+        let mut buf = [0u64; crate::MAX_FRAMES_LIMIT];
+        let mut out = Out {
+            buf: &mut buf,
+            skip: 0,
+            n: 0,
+            truncated: false,
+        };
+        let copied = match fresh {
+            None => {
+                let list = CURRENT_LIST.load(Ordering::Relaxed) + other_list as u64;
+                // SAFETY: tests use it on their own thread only, outside
+                // any allocator's `record` (this test binary does not
+                // sample).
+                let copied = THREAD_WALK
+                    .with(|w| unsafe { (*w.get()).replay(list, pc, sp, fp, lr, &stack, &mut out) });
+                if !copied {
+                    walk_dwarf(pc, sp, fp, lr, &stack, &mut out);
+                }
+                copied
+            }
+            Some(banks) => {
+                banks.memo = Memo::new();
+                banks.hold_rules_of(modules.seq);
+                walk_dwarf_with(modules, banks, pc, sp, fp, lr, &stack, &mut out);
+                false
+            }
+        };
+        let n = out.n;
+        (buf[..n].to_vec(), copied)
+    }
+
+    #[test]
+    fn a_threads_copy_of_its_whole_walk_gives_what_unwinding_does() {
+        with_current_modules(|modules| {
+            let mut fresh = new_banks();
+            let mut rng = crate::testing::Rng(0x5EED_7A1C_0FFE_E001);
+            let mut next = move || rng.next();
+            let (mut copied, mut walks, mut refused) = (0, 0, 0);
+            for round in 0..300 {
+                let depth = (next() % if round % 8 == 0 { 40 } else { 16 }) as usize;
+                let path: Vec<u8> = (0..depth).map(|_| (next() % 3) as u8).collect();
+                // Each path five times: unwound, replayed step by step,
+                // then whole (and copied), then from the copy; the last
+                // time with another module list, which the copy refuses.
+                for time in 0..5 {
+                    let mut got = Vec::with_capacity(2);
+                    hop(&path, &mut || {
+                        // One call site for both walks (see `both_walks`).
+                        let order: &[bool] = core::hint::black_box(&[false, true]);
+                        for &unwind in order {
+                            let banks = if unwind { Some(&mut *fresh) } else { None };
+                            got.push(capture_or_unwind(modules, banks, time == 4));
+                        }
+                    });
+                    let ((captured, from_copy), (unwound, _)) = (&got[0], &got[1]);
+                    assert_eq!(captured, unwound, "path {path:?}");
+                    if time == 4 {
+                        assert!(!from_copy, "a copy used with another module list");
+                        refused += 1;
+                    }
+                    copied += *from_copy as usize;
+                    walks += 1;
+                }
+            }
+            // Not vacuous: most paths' fourth walks came from the copy (the
+            // deepest are too deep to be copied).
+            assert!(
+                copied > refused / 2,
+                "{copied} of {walks} walks from the copy"
+            );
         });
     }
 

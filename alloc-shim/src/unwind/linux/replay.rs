@@ -429,6 +429,9 @@ struct Flat {
     /// its last step: then a walk they all replay for is that walk again,
     /// and [`Memo::replay`] hands over `rets` without reading a step.
     whole: Option<Whole>,
+    /// Times the list was built, so that a copy of it
+    /// ([`Memo::whole_walk`]) is not made twice.
+    built: u64,
     /// The frame pointer a walk must start with, if a covered step uses
     /// that one.
     fp: Option<u64>,
@@ -438,6 +441,24 @@ struct Flat {
     /// Whether the list is not (yet) the last walk's: then it covers no
     /// step.
     stale: bool,
+}
+
+/// A last walk that its [`Flat`] check covers whole ([`Memo::whole_walk`]).
+pub(super) struct WholeWalk<'a> {
+    /// Which memo and which of its flat checks it is.
+    pub(super) built: (usize, u64),
+    /// The module list the walk used.
+    pub(super) list: u64,
+    /// Its first frame and the registers it was unwound from.
+    pub(super) frame: FrameAddress,
+    pub(super) start: [u64; 3],
+    /// The frame pointer a walk must start with, if one is needed.
+    pub(super) fp: Option<u64>,
+    /// The flat check: its words and their bounds (see [`Flat`]).
+    pub(super) bounds: (u64, u64),
+    pub(super) words: &'a [(u64, u64)],
+    /// The return addresses the walk gives (the last step gives none).
+    pub(super) rets: &'a [u64],
 }
 
 /// How a walk that a [`Flat`] check covers whole ends.
@@ -558,6 +579,7 @@ impl Memo {
                 steps: 0,
                 rets,
                 whole: None,
+                built: 0,
                 fp: None,
                 lo: 0,
                 end: 0,
@@ -661,6 +683,7 @@ impl Memo {
         let Memo { last, flat, .. } = self;
         flat.forget();
         flat.stale = false;
+        flat.built += 1;
         (flat.lo, flat.end) = (u64::MAX, 0);
         let mut from = FpFrom::Start;
         for (i, step) in last.steps[..last.len].iter().enumerate() {
@@ -727,6 +750,25 @@ impl Memo {
                 });
             }
         }
+    }
+
+    /// The last walk, if its flat check covers it whole ([`Flat::whole`]):
+    /// all a thread needs to replay it without the memo (see
+    /// `super::ThreadWalk`).
+    pub(super) fn whole_walk(&self) -> Option<WholeWalk<'_>> {
+        let flat = &self.flat;
+        flat.whole?;
+        let first = self.last.steps.first()?;
+        Some(WholeWalk {
+            built: (self as *const Memo as usize, flat.built),
+            list: self.last.list,
+            frame: first.frame,
+            start: first.before,
+            fp: flat.fp,
+            bounds: (flat.lo, flat.end),
+            words: &flat.words[..flat.len],
+            rets: &flat.rets[..self.last.len - 1],
+        })
     }
 
     /// Replays the last walk from the step at `frame` with `regs`, if it
