@@ -42,7 +42,9 @@ const NO_SLOT: u32 = u32::MAX;
 // SAFETY: every pointer returned comes either from `inner` (with the
 // caller's layout) or from the region (a block of at least `size` bytes,
 // aligned to `align`, owned by nobody else); `dealloc`/`realloc` route each
-// pointer back to where it came from by `region::contains`.
+// pointer back to where it came from by `region::contains_by`, whose copy
+// of the region's tag is set before this allocator hands out a region
+// block (`region::learn`).
 unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
     #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -146,7 +148,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             // SAFETY: `new_layout` is larger than `layout`, so not zero-sized.
             unsafe { self.alloc_own(new_layout, false) }
         } else {
-            unwind::warm_stack();
+            if sampler::armed() {
+                unwind::warm_stack();
+            }
             let sampled = sampler::decide(new_size - layout.size(), false).and_then(|weight| {
                 record(
                     new_layout,

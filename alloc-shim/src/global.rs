@@ -157,8 +157,9 @@ pub struct Stats {
     /// Frames of DWARF stack walks (the allocator's, and the CPU signal
     /// handler's) replayed from the last walk of their unwinder cache slot,
     /// or of their thread (the allocator's walks that repeat the thread's
-    /// last walk whole), since start: a frame whose registers and stack
-    /// words are unchanged is not unwound again.
+    /// last walk whole, added in batches of up to 64 walks a thread), since
+    /// start: a frame whose registers and stack words are unchanged is not
+    /// unwound again.
     pub unwind_frames_replayed: u64,
     /// Frames of DWARF stack walks unwound with framehop since start.
     pub unwind_frames_unwound: u64,

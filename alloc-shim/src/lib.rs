@@ -110,7 +110,6 @@ pub const DEFAULT_STACK_CAPACITY: u32 = 1 << 16;
 /// It works over any allocator, `std::alloc::System` included. Sampling
 /// starts with the first allocation of the process, before `main`, at the
 /// default interval; the table capacities are fixed by the first sample.
-#[repr(align(128))]
 pub struct SamplingAllocator<A: GlobalAlloc = Jemalloc> {
     inner: A,
     #[cfg_attr(not(feature = "heap"), allow(dead_code))]
@@ -120,12 +119,24 @@ pub struct SamplingAllocator<A: GlobalAlloc = Jemalloc> {
     /// pointer's tag equals) before. A copy in `self`, so that `dealloc`
     /// compares with a field of the user's own static rather than a static
     /// of this crate, which position-independent code reaches through the
-    /// GOT (one load more on every `dealloc`). The struct is aligned to
-    /// 128 bytes, so that no other static of the user's shares its cache
-    /// lines (or the pair the processor may fetch together) and a write to
-    /// one never makes every `dealloc` miss.
+    /// GOT (one load more on every `dealloc`).
     #[cfg_attr(any(not(feature = "heap"), loom), allow(dead_code))]
-    region_tag: core::sync::atomic::AtomicUsize,
+    region_tag: TagCopy,
+}
+
+/// [`SamplingAllocator::region_tag`]: alone in 128 bytes (a cache line, or
+/// the pair the processor may fetch together), so that no write to the
+/// wrapped allocator's state or to another static of the user's makes
+/// every `dealloc` miss.
+#[repr(align(128))]
+struct TagCopy(core::sync::atomic::AtomicUsize);
+
+impl core::ops::Deref for TagCopy {
+    type Target = core::sync::atomic::AtomicUsize;
+
+    fn deref(&self) -> &core::sync::atomic::AtomicUsize {
+        &self.0
+    }
 }
 
 /// Sizes of the tables, fixed when the first sample is taken.
@@ -147,7 +158,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 live: DEFAULT_LIVE_CAPACITY,
                 stacks: DEFAULT_STACK_CAPACITY,
             },
-            region_tag: core::sync::atomic::AtomicUsize::new(usize::MAX),
+            region_tag: TagCopy(core::sync::atomic::AtomicUsize::new(usize::MAX)),
         }
     }
 

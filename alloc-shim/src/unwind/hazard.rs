@@ -216,8 +216,9 @@ mod primitive {
     /// window, both ways alternated in each). For ordinary memory a locked
     /// instruction orders as `mfence` does: loads and stores are not
     /// reordered with it, and locked instructions have one total order
-    /// (Intel SDM vol. 3, 8.2.2; Linux's `smp_mb` is the same instruction
-    /// for that reason). Elsewhere, and under loom and Miri, the fence.
+    /// (Intel SDM vol. 3, 8.2.2; Linux's `smp_mb` is a locked add of 0 to
+    /// a word below the stack pointer for that reason). Elsewhere, and
+    /// under loom and Miri, the fence.
     #[inline(always)]
     pub(crate) fn full_fence() {
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]

@@ -200,12 +200,19 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
         UnwindMode::Dwarf => {
             rebuild_if_stale();
             let list = CURRENT_LIST.load(Ordering::Relaxed);
-            // SAFETY: only here, on this thread, inside `record`, which
-            // holds the sampler's busy flag: no other use of it is running
-            // (a signal handler that allocates meanwhile is served
-            // unsampled, and the CPU handler's walks do not use it).
-            let replayed = THREAD_WALK
-                .with(|w| unsafe { (*w.get()).replay(list, pc, sp, fp, lr, &stack, &mut out) });
+            let replayed = THREAD_WALK.with(|w| {
+                // SAFETY: only here and in `walk_dwarf`, on this thread,
+                // inside `record`, which holds the sampler's busy flag: no
+                // other use of it is running (a signal handler that
+                // allocates meanwhile is served unsampled, and the CPU
+                // handler's walks do not use it).
+                let w = unsafe { &mut *w.get() };
+                let replayed = w.replay(list, pc, sp, fp, lr, &stack, &mut out);
+                if !replayed {
+                    w.flush();
+                }
+                replayed
+            });
             if !replayed {
                 walk_dwarf(pc, sp, fp, lr, &stack, &mut out);
             }
@@ -231,9 +238,11 @@ const THREAD_WORDS: usize = 64;
 /// and the walk's return addresses here, in its own thread-local memory,
 /// and its next walk that starts with the same registers, on a stack whose
 /// checked words hold the same values, with the same module list, gives
-/// those return addresses without taking a slot: no locked instruction, no
-/// memory of a slot read. Anything else, and the walk takes a slot as
-/// before (and may copy its whole walk again).
+/// those return addresses without taking a slot: no compare-and-swap, no
+/// hazard pointer, no memory of a slot read (and one locked addition to a
+/// statistic every [`THREAD_FLUSH_WALKS`] walks). Anything else, and the
+/// walk takes a slot as before (and may copy its whole walk again). Walks
+/// that end outside every known module are not copied.
 ///
 /// About 1.4 KiB of every thread's static TLS; walks of more than
 /// [`THREAD_RETS`] frames or [`THREAD_WORDS`] checked words are not copied.
@@ -253,7 +262,17 @@ struct ThreadWalk {
     words: [(u64, u64); THREAD_WORDS],
     nrets: usize,
     rets: [u64; THREAD_RETS],
+    /// Frames replayed from copies not yet added to the process-wide
+    /// count, and walks replayed (see [`ThreadWalk::flush`]).
+    replayed: u64,
+    walks: u64,
 }
+
+/// A thread adds the frames it replayed from its copy to the process-wide
+/// count once every this many walks, and when a walk takes a slot: one
+/// locked addition to a shared line in so many, not one a walk. A thread
+/// that ends loses what it had not added (fewer than this many walks).
+const THREAD_FLUSH_WALKS: u64 = 64;
 
 impl ThreadWalk {
     const EMPTY: ThreadWalk = ThreadWalk {
@@ -267,6 +286,8 @@ impl ThreadWalk {
         words: [(0, 0); THREAD_WORDS],
         nrets: 0,
         rets: [0; THREAD_RETS],
+        replayed: 0,
+        walks: 0,
     };
 
     /// Becomes a copy of `walk`, unless it is one already or too large
@@ -297,7 +318,7 @@ impl ThreadWalk {
     /// addresses); false, having given nothing, if not.
     #[allow(clippy::too_many_arguments)]
     fn replay(
-        &self,
+        &mut self,
         list: u64,
         pc: u64,
         sp: u64,
@@ -328,19 +349,36 @@ impl ThreadWalk {
         if unsafe { stack.holds(&self.words[..self.nwords], lo, end) } != Some(true) {
             return false;
         }
-        let mut given = 0;
-        if out.push(pc) {
-            for &ret in &self.rets[..self.nrets] {
-                if !out.push(ret) {
-                    break;
-                }
-                given += 1;
-            }
+        if !out.push(pc) {
+            // A walk through a slot gives the frame itself first, and
+            // replays nothing when even that does not fit.
+            return true;
         }
-        // Relaxed: a statistic. The steps replayed: one more than the
-        // return addresses given, as a slot's replay counts the last.
-        THREAD_REPLAYED.fetch_add(given as u64 + 1, Ordering::Relaxed);
+        let mut given = 0;
+        for &ret in &self.rets[..self.nrets] {
+            if !out.push(ret) {
+                break;
+            }
+            given += 1;
+        }
+        // The steps replayed: one more than the return addresses given, as
+        // a slot's replay counts the last.
+        self.replayed += given as u64 + 1;
+        self.walks += 1;
+        if self.walks.is_multiple_of(THREAD_FLUSH_WALKS) {
+            self.flush();
+        }
         true
+    }
+
+    /// Adds the frames replayed from this copy since the last flush to
+    /// the process-wide count (`Stats::unwind_frames_replayed`).
+    fn flush(&mut self) {
+        if self.replayed > 0 {
+            // Relaxed: a statistic.
+            THREAD_REPLAYED.fetch_add(self.replayed, Ordering::Relaxed);
+            self.replayed = 0;
+        }
     }
 }
 
@@ -443,18 +481,16 @@ impl Stack {
     }
 
     /// Whether each word of `words` still holds its value; `None` if
-    /// `[lo, end)`, which must cover them all, is not inside the stack.
-    /// One loop without a branch, so that reads of words gone cold
-    /// overlap (see `replay::Flat`).
+    /// `[lo, end)`, which must cover them all (and may cover more, words a
+    /// caller needs readable without comparing them), is not inside the
+    /// stack, unless it is empty (`lo >= end`). One loop without a branch,
+    /// so that reads of words gone cold overlap (see `replay::Flat`).
     ///
     /// # Safety
     ///
     /// Every address in `words` is 8-aligned and lies in `[lo, end - 8]`.
     unsafe fn holds(&self, words: &[(u64, u64)], lo: u64, end: u64) -> Option<bool> {
-        if words.is_empty() {
-            return Some(true);
-        }
-        if (lo as usize) < self.lo || end as usize > self.hi {
+        if lo < end && ((lo as usize) < self.lo || end as usize > self.hi) {
             return None;
         }
         let mut differ = 0;
@@ -531,7 +567,11 @@ fn walk_dwarf(pc: u64, sp: u64, fp: u64, lr: u64, stack: &Stack, out: &mut Out<'
             Some(modules) => {
                 caches.hold_rules_of(modules.seq);
                 walk_dwarf_with(modules, caches, pc, sp, fp, lr, stack, out);
-                if let Some(walk) = caches.memo.whole_walk() {
+                // A walk that ended outside every known module is not
+                // copied: a replay from the copy would not raise the
+                // suspicion that the list is stale, as the walk did.
+                let walk = caches.memo.whole_walk();
+                if let Some(walk) = walk.filter(|w| modules.covers(w.end.address_for_lookup())) {
                     // SAFETY: as in `capture`, whose walk this is.
                     THREAD_WALK.with(|w| unsafe { (*w.get()).remember(&walk) });
                 }

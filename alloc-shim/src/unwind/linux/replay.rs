@@ -459,6 +459,8 @@ pub(super) struct WholeWalk<'a> {
     pub(super) words: &'a [(u64, u64)],
     /// The return addresses the walk gives (the last step gives none).
     pub(super) rets: &'a [u64],
+    /// The frame it ended at.
+    pub(super) end: FrameAddress,
 }
 
 /// How a walk that a [`Flat`] check covers whole ends.
@@ -757,7 +759,7 @@ impl Memo {
     /// `super::ThreadWalk`).
     pub(super) fn whole_walk(&self) -> Option<WholeWalk<'_>> {
         let flat = &self.flat;
-        flat.whole?;
+        let whole = flat.whole?;
         let first = self.last.steps.first()?;
         Some(WholeWalk {
             built: (self as *const Memo as usize, flat.built),
@@ -768,6 +770,7 @@ impl Memo {
             bounds: (flat.lo, flat.end),
             words: &flat.words[..flat.len],
             rets: &flat.rets[..self.last.len - 1],
+            end: whole.frame,
         })
     }
 
