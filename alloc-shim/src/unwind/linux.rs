@@ -180,12 +180,7 @@ fn registers() -> (u64, u64, u64, u64) {
 #[inline(never)]
 pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
     let (pc, sp, fp, lr) = registers();
-    let mut out = Out {
-        buf,
-        skip,
-        n: 0,
-        truncated: false,
-    };
+    let mut out = Out::new(buf, skip);
     let Some((lo, hi)) = readable_stack(sp as usize) else {
         // Only the frame we are in is known; callers are not safely readable.
         out.push(pc);
@@ -513,7 +508,17 @@ struct Out<'a> {
     truncated: bool,
 }
 
-impl Out<'_> {
+impl<'a> Out<'a> {
+    /// An empty output into `buf` that drops the first `skip` frames.
+    fn new(buf: &'a mut [u64], skip: usize) -> Out<'a> {
+        Out {
+            buf,
+            skip,
+            n: 0,
+            truncated: false,
+        }
+    }
+
     /// Records one frame; false once the buffer is full.
     fn push(&mut self, addr: u64) -> bool {
         if self.skip > 0 {
@@ -1567,12 +1572,7 @@ mod tests {
         // SAFETY: this thread's stack above its pointer, while this runs.
         let stack = unsafe { Stack::new(lo, hi) };
         let mut buf = [0u64; crate::MAX_FRAMES_LIMIT];
-        let mut out = Out {
-            buf: &mut buf,
-            skip: 0,
-            n: 0,
-            truncated: false,
-        };
+        let mut out = Out::new(&mut buf, 0);
         banks.hold_rules_of(modules.seq);
         walk_dwarf_with(modules, banks, pc, sp, fp, lr, &stack, &mut out);
         let n = out.n;
@@ -1727,12 +1727,7 @@ mod tests {
         // SAFETY: this thread's stack above its pointer, while this runs.
         let stack = unsafe { Stack::new(lo, hi) };
         let mut buf = [0u64; crate::MAX_FRAMES_LIMIT];
-        let mut out = Out {
-            buf: &mut buf,
-            skip: 0,
-            n: 0,
-            truncated: false,
-        };
+        let mut out = Out::new(&mut buf, 0);
         let copied = match fresh {
             None => {
                 let list = CURRENT_LIST.load(Ordering::Relaxed) + other_list as u64;

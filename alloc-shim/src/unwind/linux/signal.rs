@@ -165,12 +165,7 @@ pub fn prepare() {
 /// Walks the interrupted stack described by `regs` into `buf`.
 /// Async-signal-safe; see the module docs.
 pub fn capture(regs: &Registers, buf: &mut [u64]) -> SignalCapture {
-    let mut out = Out {
-        buf,
-        skip: 0,
-        n: 0,
-        truncated: false,
-    };
+    let mut out = Out::new(buf, 0);
     let bounds = stack_bounds(regs.sp as usize);
     let walked = match bounds {
         None => {
@@ -380,12 +375,7 @@ mod tests {
         let stack = unsafe { Stack::new(lo, hi) };
         for fp in [u64::MAX, u64::MAX - 3, u64::MAX - 7, 1, 0] {
             let mut buf = [0u64; 8];
-            let mut out = Out {
-                buf: &mut buf,
-                skip: 0,
-                n: 0,
-                truncated: false,
-            };
+            let mut out = Out::new(&mut buf, 0);
             walk_frame_pointers(0x1234, fp, 0, |a| stack.read(a), &mut out);
             assert_eq!(out.n, 1, "only the pc for fp {fp:#x}");
         }
