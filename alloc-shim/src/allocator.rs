@@ -100,9 +100,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             // SAFETY: the caller's guarantees on `layout` carry over.
             return unsafe { self.alloc_own(layout, zeroed) };
         }
-        if sampler::armed() {
-            unwind::warm_stack();
-        }
+        unwind::warm_stack();
         warm_up(self.capacities.live, self.capacities.stacks);
         if let Some(weight) = sampler::decide(layout.size(), true) {
             if let Some(user) = record(layout, weight, self.capacities.live, self.capacities.stacks)
@@ -148,9 +146,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             // SAFETY: `new_layout` is larger than `layout`, so not zero-sized.
             unsafe { self.alloc_own(new_layout, false) }
         } else {
-            if sampler::armed() {
-                unwind::warm_stack();
-            }
+            unwind::warm_stack();
             let sampled = sampler::decide(new_size - layout.size(), false).and_then(|weight| {
                 record(
                     new_layout,

@@ -195,25 +195,43 @@ pub(crate) fn capture(buf: &mut [u64], skip: usize) -> (usize, bool) {
         UnwindMode::Dwarf => {
             rebuild_if_stale();
             let list = CURRENT_LIST.load(Ordering::Relaxed);
-            let replayed = THREAD_WALK.with(|w| {
-                // SAFETY: only here and in `walk_dwarf`, on this thread,
-                // inside `record`, which holds the sampler's busy flag: no
-                // other use of it is running (a signal handler that
-                // allocates meanwhile is served unsampled, and the CPU
-                // handler's walks do not use it).
-                let w = unsafe { &mut *w.get() };
-                let replayed = w.replay(list, pc, sp, fp, lr, &stack, &mut out);
-                if !replayed {
-                    w.flush();
-                }
-                replayed
-            });
-            if !replayed {
-                walk_dwarf(pc, sp, fp, lr, &stack, &mut out);
-            }
+            walk_dwarf_or_copy(list, pc, sp, fp, lr, &stack, &mut out);
         }
     }
     (out.n, out.truncated)
+}
+
+/// The allocator's DWARF walk: from this thread's copy of its last whole
+/// walk if this is that walk again with module list `list`, else with a
+/// cache slot ([`walk_dwarf`]), which the copy may then follow. Whether
+/// the copy gave it.
+fn walk_dwarf_or_copy(
+    list: u64,
+    pc: u64,
+    sp: u64,
+    fp: u64,
+    lr: u64,
+    stack: &Stack,
+    out: &mut Out<'_>,
+) -> bool {
+    let copied = THREAD_WALK.with(|w| {
+        // SAFETY: only here and in `walk_dwarf`, on this thread: from
+        // `capture`, inside `record`, which holds the sampler's busy flag,
+        // so no other use of it is running (a signal handler that
+        // allocates meanwhile is served unsampled, and the CPU handler's
+        // walks do not use it); and from tests, whose binary does not
+        // sample.
+        let w = unsafe { &mut *w.get() };
+        let copied = w.replay(list, pc, &start_regs(pc, sp, fp, lr), stack, out);
+        if !copied {
+            w.flush();
+        }
+        copied
+    });
+    if !copied {
+        walk_dwarf(pc, sp, fp, lr, stack, out);
+    }
+    copied
 }
 
 /// Return addresses a [`ThreadWalk`] holds: deeper walks are not copied.
@@ -307,28 +325,19 @@ impl ThreadWalk {
         (self.nwords, self.nrets) = (nwords, nrets);
     }
 
-    /// Gives `out` the walk from `pc`, `sp`, `fp` (`lr`) with module list
-    /// `list` on `stack` if it is this copy's walk again, as
-    /// `walk_dwarf_with` would (the frame itself, then the return
-    /// addresses); false, having given nothing, if not.
-    #[allow(clippy::too_many_arguments)]
+    /// Gives `out` the walk from the frame at `pc` with `regs`
+    /// ([`start_regs`]) and module list `list` on `stack` if it is this
+    /// copy's walk again, as `walk_dwarf_with` would (the frame itself,
+    /// then the return addresses); false, having given nothing, if not.
     fn replay(
         &mut self,
         list: u64,
         pc: u64,
-        sp: u64,
-        fp: u64,
-        lr: u64,
+        regs: &UnwindRegsNative,
         stack: &Stack,
         out: &mut Out<'_>,
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        let ip = {
-            let _ = lr;
-            pc
-        };
-        #[cfg(target_arch = "aarch64")]
-        let ip = lr;
+        let [sp, fp, ip] = replay::key(regs);
         let frame = FrameAddress::from_instruction_pointer(pc);
         if self.built == (0, 0)
             || self.list != list
@@ -411,6 +420,9 @@ const WARM_BYTES: usize = 4096;
 /// prefetch neither faults nor changes what any read returns.
 #[inline(always)]
 pub(crate) fn warm_stack() {
+    if !crate::sampler::armed() {
+        return;
+    }
     let Some((_, hi)) = crate::sampler::cached_stack_bounds() else {
         return;
     };
@@ -588,6 +600,20 @@ fn walk_dwarf(pc: u64, sp: u64, fp: u64, lr: u64, stack: &Stack, out: &mut Out<'
     });
 }
 
+/// The registers a DWARF walk from the frame at `pc` starts with: `pc`
+/// itself on x86_64, the link register on aarch64 (where framehop takes
+/// the return address from it), the stack and frame pointers.
+fn start_regs(pc: u64, sp: u64, fp: u64, lr: u64) -> UnwindRegsNative {
+    #[cfg(target_arch = "x86_64")]
+    let regs = {
+        let _ = lr;
+        UnwindRegsNative::new(pc, sp, fp)
+    };
+    #[cfg(target_arch = "aarch64")]
+    let regs = UnwindRegsNative::new(lr, sp, fp);
+    regs
+}
+
 /// The DWARF walk proper, with a module list and caches in hand: no
 /// allocation, no lock (shared with the signal-context walk).
 #[allow(clippy::too_many_arguments)]
@@ -601,14 +627,7 @@ fn walk_dwarf_with(
     stack: &Stack,
     out: &mut Out<'_>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    let regs = {
-        let _ = lr;
-        UnwindRegsNative::new(pc, sp, fp)
-    };
-    #[cfg(target_arch = "aarch64")]
-    let regs = UnwindRegsNative::new(lr, sp, fp);
-    let mut regs = regs;
+    let mut regs = start_regs(pc, sp, fp, lr);
     let mut frame = FrameAddress::from_instruction_pointer(pc);
     if !out.push(pc) {
         return;
@@ -1731,15 +1750,7 @@ mod tests {
         let copied = match fresh {
             None => {
                 let list = CURRENT_LIST.load(Ordering::Relaxed) + other_list as u64;
-                // SAFETY: tests use it on their own thread only, outside
-                // any allocator's `record` (this test binary does not
-                // sample).
-                let copied = THREAD_WALK
-                    .with(|w| unsafe { (*w.get()).replay(list, pc, sp, fp, lr, &stack, &mut out) });
-                if !copied {
-                    walk_dwarf(pc, sp, fp, lr, &stack, &mut out);
-                }
-                copied
+                walk_dwarf_or_copy(list, pc, sp, fp, lr, &stack, &mut out)
             }
             Some(banks) => {
                 banks.memo = Memo::new();

@@ -92,7 +92,7 @@ type Key = [u64; 3];
 const FP: usize = 1;
 
 /// The registers of `regs` a step depends on.
-fn key(regs: &UnwindRegsNative) -> Key {
+pub(super) fn key(regs: &UnwindRegsNative) -> Key {
     #[cfg(target_arch = "x86_64")]
     let key = [regs.sp(), regs.bp(), regs.ip()];
     #[cfg(target_arch = "aarch64")]
